@@ -1,0 +1,39 @@
+# TokenByte: `make run` serves the embedded demo; `make test` runs the suite on real PostgreSQL + Redis.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MOCK_PORT ?= 8001
+
+.PHONY: run test lint format os-packages-test os-packages-run migrate
+
+$(VENV)/.installed-base: requirements/base.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/base.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-base requirements/dev.txt
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $@
+
+os-packages-test:
+	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server chromium:chromium
+
+run: $(VENV)/.installed-base
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo --host $(HOST) --port $(PORT)
+	@echo "Console and relay: http://$(HOST):$(PORT)/   Staff admin: http://$(HOST):$(PORT)/admin/"
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) tokenbyte.asgi:application
+
+test: os-packages-test $(VENV)/.installed-dev
+	$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .

@@ -1,0 +1,175 @@
+import hashlib
+import ipaddress
+import secrets
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApiToken, Organization, QuotaReset, TokenGroup, User
+from tokenbyte.errors import ApplicationError
+
+API_KEY_PREFIX = "sk-"
+# Characters of the key kept for display: "sk-" plus the first 8 of its random part.
+API_KEY_DISPLAY_LENGTH = len(API_KEY_PREFIX) + 8
+
+
+def api_key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_generate() -> str:
+    # 36 random bytes: 288 bits, 48 url-safe characters.
+    return API_KEY_PREFIX + secrets.token_urlsafe(36)
+
+
+def user_get_or_create(*, email: str) -> tuple[User, bool]:
+    email = User.objects.normalize_email(email.strip()).lower()
+    if not email or "@" not in email:
+        raise ApplicationError(f"not an email address: {email!r}")
+    user = User.objects.filter(email=email).first()
+    if user is not None:
+        return user, False
+    return User.objects.create_user(email=email, password=None), True
+
+
+def _clean_ips(ips: Iterable[str]) -> list[str]:
+    cleaned = []
+    for item in ips:
+        try:
+            cleaned.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError as exc:
+            raise ApplicationError(f"not an IP address or CIDR range: {item!r}") from exc
+    return cleaned
+
+
+def _clean_models(model_ids: Iterable[str]) -> list[str]:
+    from catalog.models import Model
+
+    wanted = [m.strip() for m in model_ids if m.strip()]
+    known = set(Model.objects.filter(model_id__in=wanted).values_list("model_id", flat=True))
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise ApplicationError(f"unknown model(s): {', '.join(unknown)}")
+    return wanted
+
+
+def _check_non_negative(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 0:
+            raise ApplicationError(f"{name} must not be negative")
+
+
+def token_group_create(
+    *,
+    owner: User,
+    name: str,
+    organization: Organization | None = None,
+    quota_tokens: int | None = None,
+    quota_reset: str = QuotaReset.MANUAL,
+    credit_limit_micros: int | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    rpd: int | None = None,
+) -> TokenGroup:
+    name = name.strip()
+    if not name:
+        raise ApplicationError("a group needs a name")
+    if quota_reset not in QuotaReset.values:
+        raise ApplicationError(f"quota reset must be one of {', '.join(QuotaReset.values)}")
+    _check_non_negative(
+        quota_tokens=quota_tokens, credit_limit=credit_limit_micros, rpm=rpm, tpm=tpm, rpd=rpd
+    )
+    if TokenGroup.objects.filter(owner=owner, name=name).exists():
+        raise ApplicationError(f"a group named {name!r} already exists")
+    return TokenGroup.objects.create(
+        owner=owner,
+        organization=organization,
+        name=name,
+        quota_tokens=quota_tokens,
+        quota_reset=quota_reset,
+        credit_limit_micros=credit_limit_micros,
+        rpm=rpm,
+        tpm=tpm,
+        rpd=rpd,
+    )
+
+
+def api_token_create(
+    *,
+    owner: User,
+    name: str,
+    organization: Organization | None = None,
+    group: TokenGroup | None = None,
+    allowed_models: Iterable[str] = (),
+    allowed_ips: Iterable[str] = (),
+    rpm: int | None = None,
+    tpm: int | None = None,
+    rpd: int | None = None,
+    quota_tokens: int | None = None,
+    quota_reset: str = QuotaReset.MANUAL,
+    max_cost_per_request_micros: int | None = None,
+    credit_limit_micros: int | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a key; returns it with the plaintext, which is never stored and never shown again."""
+    name = name.strip()
+    if not name:
+        raise ApplicationError("a key needs a name")
+    if quota_reset not in QuotaReset.values:
+        raise ApplicationError(f"quota reset must be one of {', '.join(QuotaReset.values)}")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("the expiry must be in the future")
+    if group is not None and group.owner_id != owner.pk:
+        raise ApplicationError("the group belongs to someone else")
+    _check_non_negative(
+        rpm=rpm,
+        tpm=tpm,
+        rpd=rpd,
+        quota_tokens=quota_tokens,
+        max_cost_per_request=max_cost_per_request_micros,
+        credit_limit=credit_limit_micros,
+    )
+    models = _clean_models(allowed_models)
+    ips = _clean_ips(allowed_ips)
+    key = api_key_generate()
+    token = ApiToken.objects.create(
+        owner=owner,
+        name=name,
+        organization=organization,
+        group=group,
+        prefix=key[:API_KEY_DISPLAY_LENGTH],
+        digest=api_key_digest(key),
+        allowed_models=models,
+        allowed_ips=ips,
+        rpm=rpm,
+        tpm=tpm,
+        rpd=rpd,
+        quota_tokens=quota_tokens,
+        quota_reset=quota_reset,
+        max_cost_per_request_micros=max_cost_per_request_micros,
+        credit_limit_micros=credit_limit_micros,
+        expires_at=expires_at,
+    )
+    return token, key
+
+
+def api_token_set_status(*, token: ApiToken, status: str) -> bool:
+    """Enable, disable or revoke a key. Revoked is final. Returns whether anything changed."""
+    if status not in ApiToken.Status.values:
+        raise ApplicationError(f"unknown key status: {status!r}")
+    fields = {"status": status}
+    if status == ApiToken.Status.REVOKED:
+        fields["revoked_at"] = timezone.now()
+    with transaction.atomic():
+        changed = (
+            ApiToken.objects.filter(pk=token.pk)
+            .exclude(status=ApiToken.Status.REVOKED)
+            .exclude(status=status)
+            .update(**fields)
+        )
+    if changed:
+        for attr, value in fields.items():
+            setattr(token, attr, value)
+    return bool(changed)

@@ -1,0 +1,234 @@
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from django.db import transaction
+from django.utils import timezone
+
+from catalog.models import Channel, Model, Provider
+from tokenbyte.errors import ApplicationError
+from tokenbyte.money import MoneyError, usd_to_micros
+
+PROVIDER_NAMES = {
+    "openai": "OpenAI",
+    "anthropic": "Anthropic",
+    "google": "Google",
+    "deepseek": "DeepSeek",
+    "qwen": "Alibaba Qwen",
+    "moonshot": "Moonshot AI (Kimi)",
+    "tokenbyte": "TokenByte",
+}
+# Keys of a catalog entry and whether each is required.
+CATALOG_FIELDS = {
+    "id": True,
+    "provider": True,
+    "display_name": False,
+    "description": False,
+    "context_length": False,
+    "max_output_tokens": False,
+    "call_type": False,
+    "input_per_mtok": False,
+    "output_per_mtok": False,
+    "cached_input_per_mtok": False,
+    "price_unit": False,
+    "unit_price": False,
+    "capabilities": False,
+    "enabled": False,
+    "sort_order": False,
+}
+
+
+def _price(entry: dict, key: str, where: str) -> int | None:
+    if entry.get(key) is None:
+        return None
+    try:
+        micros = usd_to_micros(entry[key])
+    except MoneyError as exc:
+        raise ApplicationError(f"{where}: {key}: {exc}") from exc
+    if micros < 0:
+        raise ApplicationError(f"{where}: {key} must not be negative")
+    return micros
+
+
+def _int(entry: dict, key: str, where: str) -> int:
+    value = entry.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ApplicationError(f"{where}: {key} must be a non-negative integer")
+    return value
+
+
+def _model_fields(entry: object, index: int) -> dict:
+    """Validate one catalog entry into Model field values."""
+    where = f"models[{index}]"
+    if not isinstance(entry, dict):
+        raise ApplicationError(f"{where}: each model must be an object")
+    unknown = set(entry) - set(CATALOG_FIELDS)
+    if unknown:
+        raise ApplicationError(f"{where}: unknown field(s): {', '.join(sorted(unknown))}")
+    for key, required in CATALOG_FIELDS.items():
+        if required and not entry.get(key):
+            raise ApplicationError(f"{where}: {key} is required")
+    model_id = entry["id"]
+    if not isinstance(model_id, str) or len(model_id) > 100 or not model_id.strip():
+        raise ApplicationError(f"{where}: id must be a string of at most 100 characters")
+    where = f"model {model_id!r}"
+    call_type = entry.get("call_type", Model.CallType.CHAT)
+    if call_type not in Model.CallType.values:
+        raise ApplicationError(
+            f"{where}: call_type must be one of {', '.join(Model.CallType.values)}"
+        )
+    price_unit = entry.get("price_unit", Model.PriceUnit.MTOK)
+    if price_unit not in Model.PriceUnit.values:
+        raise ApplicationError(
+            f"{where}: price_unit must be one of {', '.join(Model.PriceUnit.values)}"
+        )
+    capabilities = entry.get("capabilities", [])
+    if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+        raise ApplicationError(f"{where}: capabilities must be a list of strings")
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ApplicationError(f"{where}: enabled must be true or false")
+    return {
+        "model_id": model_id.strip(),
+        "provider_slug": str(entry["provider"]).strip().lower(),
+        "display_name": entry.get("display_name") or model_id,
+        "description": entry.get("description", ""),
+        "context_length": _int(entry, "context_length", where),
+        "max_output_tokens": _int(entry, "max_output_tokens", where),
+        "call_type": call_type,
+        "price_unit": price_unit,
+        "input_price_micros_per_mtok": _price(entry, "input_per_mtok", where) or 0,
+        "output_price_micros_per_mtok": _price(entry, "output_per_mtok", where) or 0,
+        "cached_input_price_micros_per_mtok": _price(entry, "cached_input_per_mtok", where),
+        "unit_price_micros": _price(entry, "unit_price", where) or 0,
+        "capabilities": sorted(set(capabilities)),
+        "enabled": enabled,
+        "sort_order": entry.get("sort_order", index),
+    }
+
+
+def catalog_import(*, data: object) -> tuple[int, int]:
+    """Load models and prices; existing models are updated in place. All or nothing.
+
+    Returns (created, updated).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise ApplicationError('the catalog must be an object with a "models" list')
+    rows = [_model_fields(entry, i) for i, entry in enumerate(data["models"])]
+    seen: set[str] = set()
+    for row in rows:
+        if row["model_id"] in seen:
+            raise ApplicationError(f"model {row['model_id']!r} appears twice")
+        seen.add(row["model_id"])
+
+    created = updated = 0
+    with transaction.atomic():
+        providers: dict[str, Provider] = {}
+        for row in rows:
+            slug = row.pop("provider_slug")
+            if slug not in providers:
+                providers[slug], _ = Provider.objects.get_or_create(
+                    slug=slug, defaults={"name": PROVIDER_NAMES.get(slug, slug.title())}
+                )
+            _, was_created = Model.objects.update_or_create(
+                model_id=row.pop("model_id"), defaults={**row, "provider": providers[slug]}
+            )
+            created += was_created
+            updated += not was_created
+    return created, updated
+
+
+def _check_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApplicationError(f"not an http(s) URL: {base_url!r}")
+    return base_url.rstrip("/")
+
+
+def channel_create(
+    *,
+    name: str,
+    type: str,
+    base_url: str,
+    model_ids: Iterable[str],
+    api_key: str = "",
+    model_mapping: dict[str, str] | None = None,
+    priority: int = 0,
+    weight: int = 1,
+) -> Channel:
+    name = name.strip()
+    if not name:
+        raise ApplicationError("a channel needs a name")
+    if type not in Channel.Type.values:
+        raise ApplicationError(f"channel type must be one of {', '.join(Channel.Type.values)}")
+    base_url = _check_base_url(base_url)
+    if weight < 1:
+        raise ApplicationError("weight must be at least 1")
+    wanted = [m.strip() for m in model_ids if m.strip()]
+    if not wanted:
+        raise ApplicationError("a channel must serve at least one model")
+    models = list(Model.objects.filter(model_id__in=wanted))
+    unknown = sorted(set(wanted) - {m.model_id for m in models})
+    if unknown:
+        raise ApplicationError(
+            f"unknown model(s): {', '.join(unknown)} (import them with import_catalog first)"
+        )
+    mapping = model_mapping or {}
+    stray = sorted(set(mapping) - set(wanted))
+    if stray:
+        raise ApplicationError(
+            f"mapping for model(s) the channel does not serve: {', '.join(stray)}"
+        )
+    if Channel.objects.filter(name=name).exists():
+        raise ApplicationError(f"a channel named {name!r} already exists")
+    with transaction.atomic():
+        channel = Channel.objects.create(
+            name=name,
+            type=type,
+            base_url=base_url,
+            api_key=api_key,
+            model_mapping=mapping,
+            priority=priority,
+            weight=weight,
+            status_changed_at=timezone.now(),
+        )
+        channel.served_models.set(models)
+    return channel
+
+
+@dataclass(frozen=True)
+class ChannelTestResult:
+    ok: bool
+    latency_ms: int
+    error: str = ""
+
+
+def _probe_request(channel: Channel) -> tuple[str, dict[str, str], dict[str, str]]:
+    """URL, headers and query of a cheap authenticated request that lists the upstream's models."""
+    if channel.type == Channel.Type.ANTHROPIC:
+        headers = {"x-api-key": channel.api_key, "anthropic-version": "2023-06-01"}
+        return f"{channel.base_url}/models", headers, {}
+    if channel.type == Channel.Type.GEMINI:
+        return f"{channel.base_url}/models", {"x-goog-api-key": channel.api_key}, {}
+    headers = {"Authorization": f"Bearer {channel.api_key}"} if channel.api_key else {}
+    return f"{channel.base_url}/models", headers, {}
+
+
+def channel_test(*, channel: Channel, timeout_seconds: float = 10.0) -> ChannelTestResult:
+    """Call the upstream once and record the latency and the error, if any."""
+    url, headers, params = _probe_request(channel)
+    started = time.monotonic()
+    try:
+        response = httpx.get(url, headers=headers, params=params, timeout=timeout_seconds)
+        error = "" if response.is_success else f"HTTP {response.status_code}: {response.text[:200]}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    latency_ms = round((time.monotonic() - started) * 1000)
+    now = timezone.now()
+    fields = {"last_test_latency_ms": latency_ms, "last_tested_at": now}
+    if error:
+        fields["last_error"] = error[:1000]
+    Channel.objects.filter(pk=channel.pk).update(**fields)
+    return ChannelTestResult(ok=not error, latency_ms=latency_ms, error=error)
