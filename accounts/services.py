@@ -173,3 +173,24 @@ def api_token_set_status(*, token: ApiToken, status: str) -> bool:
         for attr, value in fields.items():
             setattr(token, attr, value)
     return bool(changed)
+
+
+def staff_totp_device_get_or_create(
+    *, user: User, name: str = "authenticator"
+) -> tuple[object, bool]:
+    """A confirmed TOTP device for a staff user, who needs one to open the admin."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    if not user.is_staff:
+        raise ApplicationError(f"{user.email} is not a staff user")
+    device = TOTPDevice.objects.filter(user=user, name=name, confirmed=True).first()
+    if device is not None:
+        return device, False
+    return TOTPDevice.objects.create(user=user, name=name, confirmed=True), True
+
+
+def user_set_random_password(*, user: User) -> str:
+    password = secrets.token_urlsafe(12)
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    return password

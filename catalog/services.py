@@ -109,10 +109,11 @@ def _model_fields(entry: object, index: int) -> dict:
     }
 
 
-def catalog_import(*, data: object) -> tuple[int, int]:
+def catalog_import(*, data: object, update_existing: bool = True) -> tuple[int, int]:
     """Load models and prices; existing models are updated in place. All or nothing.
 
-    Returns (created, updated).
+    With update_existing=False, models already present are left as they are (seeding must not
+    undo a price that staff edited). Returns (created, updated).
     """
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise ApplicationError('the catalog must be an object with a "models" list')
@@ -132,11 +133,14 @@ def catalog_import(*, data: object) -> tuple[int, int]:
                 providers[slug], _ = Provider.objects.get_or_create(
                     slug=slug, defaults={"name": PROVIDER_NAMES.get(slug, slug.title())}
                 )
-            _, was_created = Model.objects.update_or_create(
-                model_id=row.pop("model_id"), defaults={**row, "provider": providers[slug]}
-            )
+            fields = {**row, "provider": providers[slug]}
+            model_id = fields.pop("model_id")
+            if update_existing:
+                _, was_created = Model.objects.update_or_create(model_id=model_id, defaults=fields)
+            else:
+                _, was_created = Model.objects.get_or_create(model_id=model_id, defaults=fields)
             created += was_created
-            updated += not was_created
+            updated += update_existing and not was_created
     return created, updated
 
 

@@ -18,3 +18,29 @@ def _clear_cache():
 
     cache.clear()
     yield
+
+
+@pytest.fixture
+def manage(transactional_db):
+    """Run `manage.py …` as a real subprocess against the test database."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db = settings.DATABASES["default"]
+    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DATABASE_URL": url}
+        return subprocess.run(
+            [sys.executable, str(root / "manage.py"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            cwd=root,
+        )
+
+    return run

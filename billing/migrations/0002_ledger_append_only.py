@@ -5,7 +5,8 @@ from django.db import migrations
 CREATE = """
 CREATE OR REPLACE FUNCTION billing_ledger_append_only() RETURNS trigger AS $$
 BEGIN
-    RAISE EXCEPTION 'billing_ledgerentry is append-only: %% is not allowed', TG_OP;
+    RAISE EXCEPTION 'billing_ledgerentry is append-only: %% is not allowed', TG_OP
+        USING ERRCODE = 'restrict_violation';
 END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER billing_ledgerentry_append_only
