@@ -107,6 +107,8 @@ class Hold(models.Model):
         "accounts.Membership", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     amount_micros = models.BigIntegerField()
+    # Part of amount_micros also reserved against the key's credit limit (0 = key has no limit).
+    token_credit_micros = models.BigIntegerField(default=0)
     # Tokens reserved against the key's and group's token quotas.
     tokens = models.BigIntegerField(default=0)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)

@@ -1,9 +1,11 @@
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import httpx
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -236,3 +238,84 @@ def channel_test(*, channel: Channel, timeout_seconds: float = 10.0) -> ChannelT
         fields["last_error"] = error[:1000]
     Channel.objects.filter(pk=channel.pk).update(**fields)
     return ChannelTestResult(ok=not error, latency_ms=latency_ms, error=error)
+
+
+def channel_record_failure(*, channel_id: int, error: str) -> str:
+    """Count a failed call; cool the channel down or disable it past the thresholds.
+
+    Returns the channel's status after the failure ("enabled", "cooling" or "auto_disabled").
+    Conditional updates keep concurrent failures from different processes consistent.
+    """
+    now = timezone.now()
+    window = timedelta(seconds=settings.RELAY_CHANNEL_FAILURE_WINDOW_SECONDS)
+    with transaction.atomic():
+        channel = Channel.objects.select_for_update().filter(pk=channel_id).first()
+        if channel is None:
+            return "missing"
+        if (
+            channel.failure_window_started_at is None
+            or now - channel.failure_window_started_at > window
+        ):
+            channel.failure_window_started_at = now
+            channel.failure_count = 0
+        channel.failure_count += 1
+        channel.total_failures += 1
+        channel.last_failure_at = now
+        channel.last_error = error[:1000]
+        fields = [
+            "failure_window_started_at",
+            "failure_count",
+            "total_failures",
+            "last_failure_at",
+            "last_error",
+        ]
+        result = "enabled"
+        if (
+            channel.failure_count >= settings.RELAY_CHANNEL_DISABLE_AFTER
+            and channel.status == Channel.Status.ENABLED
+        ):
+            channel.status = Channel.Status.AUTO_DISABLED
+            channel.status_reason = (
+                f"{channel.failure_count} failures within "
+                f"{settings.RELAY_CHANNEL_FAILURE_WINDOW_SECONDS}s; last: {error}"
+            )[:255]
+            channel.status_changed_at = now
+            fields += ["status", "status_reason", "status_changed_at"]
+            result = "auto_disabled"
+        elif channel.failure_count >= settings.RELAY_CHANNEL_COOLDOWN_AFTER:
+            channel.cooldown_until = now + timedelta(
+                seconds=settings.RELAY_CHANNEL_COOLDOWN_SECONDS
+            )
+            fields.append("cooldown_until")
+            result = "cooling"
+        channel.save(update_fields=fields)
+    return result
+
+
+def channel_record_success(*, channel_id: int) -> None:
+    """A success ends the failure streak (written only when there was one)."""
+    Channel.objects.filter(pk=channel_id, failure_count__gt=0).update(
+        failure_count=0,
+        failure_window_started_at=None,
+        cooldown_until=None,
+        last_success_at=timezone.now(),
+    )
+
+
+def channels_probe_disabled(*, timeout_seconds: float = 10.0) -> list[str]:
+    """Health probe: re-enable automatically disabled channels that answer again."""
+    reenabled = []
+    for channel in Channel.objects.filter(status=Channel.Status.AUTO_DISABLED):
+        if not channel_test(channel=channel, timeout_seconds=timeout_seconds).ok:
+            continue
+        updated = Channel.objects.filter(pk=channel.pk, status=Channel.Status.AUTO_DISABLED).update(
+            status=Channel.Status.ENABLED,
+            status_reason="re-enabled by the health probe",
+            status_changed_at=timezone.now(),
+            failure_count=0,
+            failure_window_started_at=None,
+            cooldown_until=None,
+        )
+        if updated:
+            reenabled.append(channel.name)
+    return reenabled

@@ -1,4 +1,7 @@
-"""ASGI entry point: HTTP goes to Django (console, API, relay); websockets to channels."""
+"""ASGI entry point: /v1 goes to the relay app; the rest to Django (HTTP) and channels (websockets).
+
+Served by daphne in `make run`; any ASGI server works (see the README for production).
+"""
 
 import os
 
@@ -8,12 +11,24 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenbyte.settings")
 
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry ready)
+# Imported after setup: they need the app registry.
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-application = ProtocolTypeRouter(
+from relay.app import application as relay_app  # noqa: E402
+
+console_app = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AuthMiddlewareStack(URLRouter([])),
     }
 )
+
+
+async def application(scope, receive, send):
+    kind = scope["type"]
+    is_relay = kind == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/v1")
+    if is_relay or kind == "lifespan":
+        await relay_app(scope, receive, send)
+    else:
+        await console_app(scope, receive, send)

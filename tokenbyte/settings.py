@@ -269,7 +269,20 @@ CELERY_TIMEZONE = "UTC"
 # Relay
 RELAY_MAX_BODY_BYTES = envint("RELAY_MAX_BODY_BYTES", str(10 * 1024 * 1024))
 RELAY_KEY_CACHE_SECONDS = envint("RELAY_KEY_CACHE_SECONDS", "1")
+RELAY_CATALOG_CACHE_SECONDS = envint("RELAY_CATALOG_CACHE_SECONDS", "5")
+# Off by default: only behind a proxy you run, e.g. RELAY_TRUSTED_PROXY_HEADER=X-Forwarded-For.
 RELAY_TRUSTED_PROXY_HEADER = env("RELAY_TRUSTED_PROXY_HEADER")
+RELAY_MAX_ATTEMPTS = envint("RELAY_MAX_ATTEMPTS", "3")
+RELAY_RETRY_BACKOFF_MS = envint("RELAY_RETRY_BACKOFF_MS", "100")
+RELAY_CONNECT_TIMEOUT_SECONDS = float(env("RELAY_CONNECT_TIMEOUT_SECONDS", "10"))
+RELAY_HOLD_TTL_SECONDS = envint("RELAY_HOLD_TTL_SECONDS", "3600")
+RELAY_DB_THREADS = envint("RELAY_DB_THREADS", "8")
+RELAY_CHANNEL_FAILURE_WINDOW_SECONDS = envint("RELAY_CHANNEL_FAILURE_WINDOW_SECONDS", "60")
+RELAY_CHANNEL_COOLDOWN_AFTER = envint("RELAY_CHANNEL_COOLDOWN_AFTER", "3")
+RELAY_CHANNEL_COOLDOWN_SECONDS = envint("RELAY_CHANNEL_COOLDOWN_SECONDS", "30")
+RELAY_CHANNEL_DISABLE_AFTER = envint("RELAY_CHANNEL_DISABLE_AFTER", "10")
+# Periodic jobs (hold sweep, channel probe) run in the relay process when there is no Celery beat.
+RELAY_INPROCESS_SCHEDULER = envbool("RELAY_INPROCESS_SCHEDULER", "false" if REDIS_URL else "true")
 MOCK_UPSTREAM_URL = env("MOCK_UPSTREAM_URL", "http://127.0.0.1:8001/v1")
 
 LOGGING = {
@@ -278,9 +291,19 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx logs every upstream URL at INFO; a Gemini URL can carry a key.
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }
 
 if not DEBUG:
     SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "true")
     CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", "true")
+
+CELERY_BEAT_SCHEDULE = {
+    "release-expired-holds": {"task": "tasks.tasks.release_expired_holds", "schedule": 60.0},
+    "probe-disabled-channels": {"task": "tasks.tasks.probe_disabled_channels", "schedule": 60.0},
+}

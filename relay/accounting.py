@@ -1,0 +1,208 @@
+"""The two database phases of a relayed call: reserve before upstream, settle after.
+
+Both run on the relay's database threads (relay.db.run) and each is one transaction.
+"""
+
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from billing.services import InsufficientCredit, hold_acquire, hold_settle
+from relay import metering
+from relay.http import RelayError
+from relay.keys import KeyInfo
+from relay.routing import ModelInfo
+from tokenbyte.money import format_usd
+from usage.services import request_log_create
+
+# token id -> monotonic time of this process's last last_used_at write.
+_last_used_written: dict[int, float] = {}
+LAST_USED_INTERVAL_SECONDS = 60
+
+
+@dataclass
+class Reservation:
+    hold_micros: int
+    # The max output tokens to send upstream when the client did not set one (None: keep theirs).
+    max_tokens: int | None
+
+
+def _budget(key: KeyInfo) -> int:
+    """What this key may still spend on one call, micro-USD: wallet, credit limit, per-call cap."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT balance_micros - held_micros FROM billing_wallet WHERE id = %s),"
+            " (SELECT credit_limit_micros - credit_used_micros FROM accounts_apitoken"
+            " WHERE id = %s)",
+            [key.wallet_id, key.token_id],
+        )
+        available, credit_left = cursor.fetchone()
+    budget = available or 0
+    if key.credit_limited and credit_left is not None:
+        budget = min(budget, credit_left)
+    if key.max_cost_per_request_micros is not None:
+        budget = min(budget, key.max_cost_per_request_micros)
+    return max(0, budget)
+
+
+def _refuse(needed: int, budget_hint: str) -> RelayError:
+    return RelayError(
+        403,
+        f"Insufficient credit: this request needs up to {format_usd(needed)} "
+        f"and {budget_hint}. Top up your balance or lower max_tokens.",
+        code="insufficient_quota",
+        type="insufficient_quota",
+    )
+
+
+def reserve(
+    *,
+    request_id: str,
+    key: KeyInfo,
+    model: ModelInfo,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    n: int,
+    default_max_tokens: int,
+) -> Reservation:
+    """Hold the worst-case cost of the call, or refuse it with 403.
+
+    With max_tokens given, the hold covers it exactly or the call is refused. Without, the relay
+    picks the largest max_tokens the budget covers (up to default_max_tokens) and sends that
+    upstream, so no call can cost more than its hold.
+    """
+    if key.wallet_id is None:
+        raise _refuse(
+            metering.hold_for(model, prompt_tokens, max_tokens or 1), "there is no wallet"
+        )
+    chosen = max_tokens
+    for attempt in range(2):
+        if max_tokens is not None:
+            amount = metering.hold_for(model, prompt_tokens, max_tokens * n)
+            cap = key.max_cost_per_request_micros
+            if cap is not None and amount > cap:
+                raise RelayError(
+                    403,
+                    f"This request could cost up to {format_usd(amount)}, over this key's "
+                    f"per-request cap of {format_usd(cap)}. Lower max_tokens.",
+                    code="per_request_cap_exceeded",
+                )
+        else:
+            budget = _budget(key)
+            chosen = min(
+                default_max_tokens,
+                metering.affordable_output_tokens(model, prompt_tokens, budget, n),
+            )
+            if chosen < 1:
+                needed = metering.hold_for(model, prompt_tokens, n)
+                raise _refuse(needed, f"{format_usd(budget)} is available to this key")
+            amount = metering.hold_for(model, prompt_tokens, chosen * n)
+        try:
+            hold_acquire(
+                request_id=request_id,
+                wallet_id=key.wallet_id,
+                amount_micros=amount,
+                api_token_id=key.token_id,
+                token_credit_limited=key.credit_limited,
+                ttl_seconds=settings.RELAY_HOLD_TTL_SECONDS,
+            )
+        except InsufficientCredit as exc:
+            if max_tokens is None and attempt == 0:
+                continue  # another call took the money between our read and our hold: re-read
+            raise _refuse(amount, exc.message) from exc
+        return Reservation(hold_micros=amount, max_tokens=None if max_tokens else chosen)
+    raise _refuse(amount, "the balance changed while reserving")  # pragma: no cover
+
+
+@dataclass
+class Outcome:
+    """What happened to a call, for settlement and its log row."""
+
+    request_id: str
+    key: KeyInfo
+    model_id: str
+    call_type: str
+    endpoint: str
+    is_stream: bool
+    client_ip: str | None
+    request_params: dict
+    hold_micros: int = 0
+    status_code: int = 200
+    usage: metering.Usage = field(default_factory=metering.Usage)
+    cost_micros: int = 0
+    upstream_model: str = ""
+    channel_id: int | None = None
+    channel_name: str = ""
+    attempts: int = 0
+    error_code: str = ""
+    error_message: str = ""
+    response_excerpt: str = ""
+    started: float = field(default_factory=time.monotonic)
+    ttft_ms: int | None = None
+    quota_tokens_tracked: bool = False
+
+
+def settle(outcome: Outcome) -> int:
+    """Release the hold, debit the cost and write the log row, in one transaction."""
+    duration_ms = round((time.monotonic() - outcome.started) * 1000)
+    key = outcome.key
+    now = timezone.now()
+    with transaction.atomic():
+        charged = 0
+        if outcome.hold_micros or outcome.cost_micros:
+            charged = hold_settle(
+                request_id=outcome.request_id,
+                wallet_id=key.wallet_id,
+                hold_micros=outcome.hold_micros,
+                cost_micros=outcome.cost_micros,
+                api_token_id=key.token_id,
+                token_credit_limited=key.credit_limited,
+                description=f"{outcome.model_id} via {key.name}",
+            )
+        token_updates = {}
+        tokens = outcome.usage.prompt_tokens + outcome.usage.completion_tokens
+        if outcome.quota_tokens_tracked and tokens:
+            token_updates["quota_used_tokens"] = F("quota_used_tokens") + tokens
+        last = _last_used_written.get(key.token_id, 0.0)
+        if time.monotonic() - last >= LAST_USED_INTERVAL_SECONDS:
+            _last_used_written[key.token_id] = time.monotonic()
+            token_updates["last_used_at"] = now
+        if token_updates:
+            ApiToken.objects.filter(pk=key.token_id).update(**token_updates)
+        request_log_create(
+            request_id=outcome.request_id,
+            created_at=now - timedelta(milliseconds=duration_ms),
+            user_id=key.owner_id,
+            organization_id=key.organization_id,
+            api_token_id=key.token_id,
+            token_name=key.name,
+            group_id=key.group_id,
+            group_name=key.group_name,
+            model_id=outcome.model_id,
+            upstream_model=outcome.upstream_model,
+            call_type=outcome.call_type,
+            endpoint=outcome.endpoint,
+            is_stream=outcome.is_stream,
+            status_code=outcome.status_code,
+            duration_ms=duration_ms,
+            ttft_ms=outcome.ttft_ms,
+            prompt_tokens=outcome.usage.prompt_tokens,
+            completion_tokens=outcome.usage.completion_tokens,
+            cached_tokens=outcome.usage.cached_tokens,
+            cost_micros=charged,
+            channel_id=outcome.channel_id,
+            channel_name=outcome.channel_name,
+            attempts=outcome.attempts,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message[:2000],
+            client_ip=outcome.client_ip,
+            request_params=outcome.request_params,
+            response_excerpt=outcome.response_excerpt[:500],
+        )
+    return charged

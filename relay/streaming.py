@@ -1,0 +1,117 @@
+"""Server-sent events passed through event by event, metered on the way.
+
+Bytes are forwarded as soon as an event is complete (never the whole response). Each `data:`
+event is read for its delta text (our own count, used when the upstream sends no usage) and for
+the usage chunk, which gets `cost` added, or is hidden from a client that did not ask for it.
+"""
+
+from collections.abc import Callable
+
+import orjson
+
+from relay.metering import Usage, count_text
+
+DONE = b"[DONE]"
+
+
+def _delta_text(chunk: dict) -> str:
+    parts = []
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if "text" in choice:  # legacy completions
+            parts.append(str(choice.get("text") or ""))
+            continue
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            continue
+        for key in ("content", "reasoning_content", "refusal"):
+            if delta.get(key):
+                parts.append(str(delta[key]))
+        for call in delta.get("tool_calls") or ():
+            function = (call or {}).get("function") or {}
+            parts.append(str(function.get("name") or ""))
+            parts.append(str(function.get("arguments") or ""))
+    return "".join(parts)
+
+
+class SSEMeter:
+    """Splits an upstream SSE byte stream into events and meters them."""
+
+    def __init__(self, *, show_usage: bool, cost_for: Callable[[Usage], float]) -> None:
+        self.show_usage = show_usage
+        self.cost_for = cost_for
+        self.buffer = b""
+        self.usage: Usage | None = None
+        self.delivered_text: list[str] = []
+        self.done = False
+        # The upstream sent an event that is not JSON: the stream cannot be trusted after it.
+        self.malformed = False
+        self.first_content_seen = False
+        self.excerpt: list[str] = []
+        self._excerpt_len = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Complete events (with their blank-line terminator) to forward now."""
+        self.buffer += data
+        if b"\r\n" in self.buffer:
+            self.buffer = self.buffer.replace(b"\r\n", b"\n")
+        out = []
+        while not self.malformed:
+            end = self.buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, self.buffer = self.buffer[: end + 2], self.buffer[end + 2 :]
+            forwarded = self._process(event)
+            if forwarded:
+                out.append(forwarded)
+        return out
+
+    def _process(self, event: bytes) -> bytes | None:
+        data_lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not data_lines:
+            return event  # comments, keep-alives, event names
+        payload = b"\n".join(data_lines)
+        if payload == DONE:
+            self.done = True
+            return event
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            self.malformed = True
+            return None
+        text = _delta_text(chunk)
+        if text:
+            self.first_content_seen = True
+            self.delivered_text.append(text)
+            if self._excerpt_len < 500:
+                self.excerpt.append(text)
+                self._excerpt_len += len(text)
+        usage = Usage.from_openai(chunk.get("usage"))
+        if usage is None:
+            return event
+        self.usage = usage
+        if not self.show_usage:
+            if not chunk.get("choices"):
+                return None  # the usage-only chunk the client did not ask for
+            chunk.pop("usage", None)
+        else:
+            chunk["usage"]["cost"] = self.cost_for(usage)
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def delivered_completion_tokens(self) -> int:
+        return count_text("".join(self.delivered_text))
+
+    def response_excerpt(self) -> str:
+        return "".join(self.excerpt)[:500]
+
+
+def error_event(message: str, code: str) -> bytes:
+    body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def done_event() -> bytes:
+    return b"data: [DONE]\n\n"

@@ -1,0 +1,568 @@
+"""The /v1 endpoints: authenticate, check, hold, route with failover, stream, settle."""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import orjson
+from django.conf import settings
+
+from catalog.services import channel_record_failure, channel_record_success
+from relay import accounting, db, keys, metering, routing
+from relay.accounting import Outcome
+from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
+from relay.streaming import SSEMeter, done_event, error_event
+from relay.upstream import (
+    UpstreamFailure,
+    client,
+    failure_from_exception,
+    failure_from_response,
+    openai_headers,
+    timeout_for,
+)
+
+logger = logging.getLogger(__name__)
+
+# Body fields copied into the log's request parameters (contents of messages are not).
+CONTENT_FIELDS = ("messages", "prompt", "input", "tools", "functions")
+# Status logged for a call whose client hung up first (nginx's convention).
+CLIENT_CLOSED = 499
+# Completions default to 16 output tokens when max_tokens is absent (OpenAI's documented default).
+LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+FALLBACK_MAX_OUTPUT_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    path: str  # upstream path, appended to the channel's base URL
+    call_types: frozenset[str]
+    required: str  # the body field that must be present
+    count_prompt: Callable[[dict], int]
+    has_output: bool
+
+
+CHAT = Endpoint(
+    "chat.completions", "/chat/completions", frozenset({"chat", "completion"}), "messages",
+    metering.chat_prompt_tokens, True,
+)  # fmt: skip
+COMPLETIONS = Endpoint(
+    "completions", "/completions", frozenset({"chat", "completion"}), "prompt",
+    metering.completion_prompt_tokens, True,
+)  # fmt: skip
+EMBEDDINGS = Endpoint(
+    "embeddings", "/embeddings", frozenset({"embedding"}), "input",
+    metering.embedding_input_tokens, False,
+)  # fmt: skip
+
+
+# --- shared steps -------------------------------------------------------------------------------
+
+
+async def authenticate(request: Request) -> keys.KeyInfo:
+    presented = keys.presented_key(request)
+    if not presented:
+        raise keys.missing_key_error()
+    digest = keys.digest_of(presented)
+    hit, info = keys.cached(digest)
+    if not hit:
+        info = await db.run(keys.lookup, digest)
+    return keys.check(info, request)
+
+
+_refreshing: asyncio.Task | None = None
+
+
+async def catalog() -> routing.Snapshot:
+    """The catalog snapshot; a stale one is served while a fresh one loads in the background."""
+    global _refreshing
+    if routing._snapshot is None:
+        return await db.run(routing.refresh)
+    if not routing.snapshot_is_fresh() and (_refreshing is None or _refreshing.done()):
+        _refreshing = asyncio.ensure_future(db.run(routing.refresh))
+    return routing.current()
+
+
+def _int_param(body: dict, name: str, minimum: int = 1) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise RelayError(
+            400, f"'{name}' must be an integer of at least {minimum}.", param=name,
+            code="invalid_value",
+        )  # fmt: skip
+    return value
+
+
+def resolve_model(
+    body: dict, key: keys.KeyInfo, snapshot: routing.Snapshot, endpoint: Endpoint
+) -> routing.ModelInfo:
+    model_id = body.get("model")
+    if not isinstance(model_id, str) or not model_id:
+        raise RelayError(400, "You must provide a model parameter.", param="model")
+    if key.allowed_models and model_id not in key.allowed_models:
+        raise RelayError(
+            403, f"This API key is not allowed to use the model '{model_id}'.",
+            code="model_not_allowed", param="model",
+        )  # fmt: skip
+    model = snapshot.models.get(model_id)
+    if model is None:
+        raise RelayError(
+            404, f"The model '{model_id}' does not exist or you do not have access to it.",
+            code="model_not_found", param="model",
+        )  # fmt: skip
+    if model.call_type not in endpoint.call_types:
+        raise RelayError(
+            400, f"The model '{model_id}' is a {model.call_type} model and cannot be used with "
+            f"/v1/{endpoint.path.lstrip('/')}.", code="model_not_supported", param="model",
+        )  # fmt: skip
+    if not snapshot.routes.get(model_id):
+        raise RelayError(
+            503, f"No channel is available for the model '{model_id}' right now.",
+            code="no_channel_available",
+        )  # fmt: skip
+    return model
+
+
+def loggable_params(body: dict) -> dict:
+    params = {k: v for k, v in body.items() if k not in CONTENT_FIELDS}
+    for name in CONTENT_FIELDS:
+        if isinstance(body.get(name), list):
+            params[f"{name}_count"] = len(body[name])
+    if isinstance(body.get("tools"), list):
+        params["tool_names"] = [
+            (t.get("function") or {}).get("name") for t in body["tools"] if isinstance(t, dict)
+        ]
+    return params
+
+
+# Fire-and-forget work (channel bookkeeping) kept referenced until it finishes.
+_background: set[asyncio.Task] = set()
+
+
+def spawn(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _record_failure(route: routing.Route, failure: UpstreamFailure) -> None:
+    spawn(_record_failure_async(route, failure))
+
+
+async def _record_failure_async(route: routing.Route, failure: UpstreamFailure) -> None:
+    try:
+        state = await db.run(
+            channel_record_failure,
+            channel_id=route.channel_id,
+            error=f"HTTP {failure.status} {failure.code}: {failure.message}",
+        )
+    except Exception:
+        logger.exception("could not record a failure of channel %s", route.name)
+        return
+    if state in ("cooling", "auto_disabled"):
+        routing.cool_down_locally(route.channel_id, settings.RELAY_CHANNEL_COOLDOWN_SECONDS)
+        routing.invalidate_soon()
+
+
+def _record_success(route: routing.Route) -> None:
+    if route.had_failures:
+        spawn(db.run(channel_record_success, channel_id=route.channel_id))
+
+
+async def _backoff(attempt: int) -> None:
+    base = settings.RELAY_RETRY_BACKOFF_MS / 1000
+    await asyncio.sleep(base * (2**attempt) * random.uniform(0.5, 1.5))
+
+
+def final_error(failure: UpstreamFailure | None) -> RelayError:
+    if failure is None:
+        return RelayError(503, "No channel is available right now.", code="no_channel_available")
+    headers = {"retry-after": failure.retry_after or "1"} if failure.status == 429 else None
+    return RelayError(failure.status, failure.message, code=failure.code, headers=headers)
+
+
+# --- generation endpoints -----------------------------------------------------------------------
+
+
+class Call:
+    """One relayed generation call, from its parsed body to its settlement."""
+
+    def __init__(self, request: Request, endpoint: Endpoint, key: keys.KeyInfo, body: dict):
+        self.request = request
+        self.endpoint = endpoint
+        self.key = key
+        self.body = body
+        self.stream = bool(body.get("stream")) and endpoint.has_output
+        stream_options = body.get("stream_options")
+        self.show_usage = bool(
+            isinstance(stream_options, dict) and stream_options.get("include_usage")
+        )
+        self.model: routing.ModelInfo
+        self.prompt_tokens = 0
+        self.outcome = Outcome(
+            request_id=request.request_id,
+            key=key,
+            model_id=str(body.get("model") or ""),
+            call_type=endpoint.name,
+            endpoint=endpoint.name,
+            is_stream=self.stream,
+            client_ip=keys.client_ip(request),
+            request_params=loggable_params(body),
+            quota_tokens_tracked=key.quota_tracked,
+        )
+        self.max_tokens_param: str | None = None
+        self.max_tokens: int | None = None
+
+    # The request as each channel receives it.
+    def upstream_body(self, route: routing.Route) -> bytes:
+        body = dict(self.body)
+        body["model"] = route.upstream_model(self.model.model_id)
+        if self.max_tokens_param and self.max_tokens is not None:
+            body[self.max_tokens_param] = self.max_tokens
+        if self.stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return orjson.dumps(body)
+
+    def charged_for(self, usage: metering.Usage) -> int:
+        return min(metering.cost_micros(self.model, usage), self.outcome.hold_micros)
+
+    def local_usage(self, completion_tokens: int) -> metering.Usage:
+        return metering.Usage(
+            prompt_tokens=self.prompt_tokens, completion_tokens=completion_tokens, reported=False
+        )
+
+    async def prepare(self, snapshot: routing.Snapshot) -> None:
+        body = self.body
+        self.model = resolve_model(body, self.key, snapshot, self.endpoint)
+        if body.get(self.endpoint.required) in (None, "", []):
+            raise RelayError(
+                400, f"Missing required parameter: '{self.endpoint.required}'.",
+                param=self.endpoint.required, code="missing_required_parameter",
+            )  # fmt: skip
+        if self.endpoint is CHAT and not isinstance(body["messages"], list):
+            raise RelayError(400, "'messages' must be an array.", param="messages")
+        n = _int_param(body, "n") or 1
+        self.prompt_tokens = self.endpoint.count_prompt(body)
+        requested = None
+        if self.endpoint is CHAT:
+            requested = _int_param(body, "max_completion_tokens")
+            if requested is None:
+                requested = _int_param(body, "max_tokens")
+            self.max_tokens_param = (
+                "max_completion_tokens"
+                if "max_completion_tokens" in body or "reasoning" in self.model.capabilities
+                else "max_tokens"
+            )
+        elif self.endpoint is COMPLETIONS:
+            requested = _int_param(body, "max_tokens") or LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS
+            self.max_tokens_param = "max_tokens"
+        model = self.model
+        if self.endpoint.has_output:
+            default_max = model.max_output_tokens or (
+                max(1, model.context_length - self.prompt_tokens)
+                if model.context_length
+                else FALLBACK_MAX_OUTPUT_TOKENS
+            )
+        else:
+            requested, default_max = 0, 0
+        reservation = await db.run(
+            accounting.reserve,
+            request_id=self.request.request_id,
+            key=self.key,
+            model=model,
+            prompt_tokens=metering.with_margin(self.prompt_tokens),
+            max_tokens=requested,
+            n=n,
+            default_max_tokens=default_max,
+        )
+        self.outcome.hold_micros = reservation.hold_micros
+        if self.endpoint.has_output:
+            self.max_tokens = reservation.max_tokens or requested
+
+    async def run(self) -> None:
+        routes = routing.plan(self.model.model_id, settings.RELAY_MAX_ATTEMPTS)
+        if self.stream:
+            await self._run_stream(routes)
+        else:
+            await self._run_plain(routes)
+
+    # --- non-streaming
+
+    async def _attempt_plain(self, route: routing.Route) -> dict:
+        try:
+            response = await client().post(
+                f"{route.base_url}{self.endpoint.path}",
+                content=self.upstream_body(route),
+                headers=openai_headers(route),
+                timeout=timeout_for(route),
+            )
+        except httpx.HTTPError as exc:
+            raise failure_from_exception(exc) from exc
+        if response.status_code >= 400:
+            raise await failure_from_response(response)
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFailure(
+                502, "The upstream provider sent an invalid response.",
+                code="invalid_upstream_response", retryable=True,
+            ) from exc  # fmt: skip
+        if not isinstance(data, dict):
+            raise UpstreamFailure(
+                502, "The upstream provider sent an invalid response.",
+                code="invalid_upstream_response", retryable=True,
+            )  # fmt: skip
+        return data
+
+    async def _failover(self, routes, attempt_fn):
+        last: UpstreamFailure | None = None
+        for attempt, route in enumerate(routes):
+            if attempt:
+                await _backoff(attempt - 1)
+            self.outcome.attempts = attempt + 1
+            self.outcome.channel_id = route.channel_id
+            self.outcome.channel_name = route.name
+            self.outcome.upstream_model = route.upstream_model(self.model.model_id)
+            try:
+                result = await attempt_fn(route)
+            except UpstreamFailure as failure:
+                last = failure
+                if failure.retryable:
+                    _record_failure(route, failure)
+                    continue
+                raise final_error(failure) from failure
+            _record_success(route)
+            return route, result
+        raise final_error(last)
+
+    def _usage_from(self, data: dict) -> metering.Usage:
+        usage = metering.Usage.from_openai(data.get("usage"))
+        if usage is not None:
+            return usage
+        text = []
+        for choice in data.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            message = choice.get("message") or {}
+            text.append(str(choice.get("text") or message.get("content") or ""))
+            for call in message.get("tool_calls") or ():
+                function = (call or {}).get("function") or {}
+                text.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
+        return self.local_usage(metering.count_text("".join(text)))
+
+    async def _run_plain(self, routes) -> None:
+        _, data = await run_until_disconnect(
+            self.request, self._failover(routes, self._attempt_plain)
+        )
+        outcome = self.outcome
+        outcome.ttft_ms = round((time.monotonic() - outcome.started) * 1000)
+        usage = self._usage_from(data)
+        outcome.usage = usage
+        outcome.cost_micros = self.charged_for(usage)
+        usage_body = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        if usage_body is None:
+            usage_body = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            }
+            data["usage"] = usage_body
+        usage_body["cost"] = metering.usd(outcome.cost_micros)
+        outcome.response_excerpt = _excerpt(data)
+        await self.request.respond_json(200, data)
+
+    # --- streaming
+
+    async def _attempt_stream(self, route: routing.Route):
+        """Open the upstream stream and read its first event: failures up to here fail over."""
+        http = client()
+        upstream_request = http.build_request(
+            "POST", f"{route.base_url}{self.endpoint.path}", content=self.upstream_body(route),
+            headers=openai_headers(route), timeout=timeout_for(route),
+        )  # fmt: skip
+        try:
+            response = await http.send(upstream_request, stream=True)
+        except httpx.HTTPError as exc:
+            raise failure_from_exception(exc) from exc
+        if response.status_code >= 400:
+            try:
+                raise await failure_from_response(response)
+            finally:
+                await response.aclose()
+        meter = SSEMeter(
+            show_usage=self.show_usage, cost_for=lambda u: metering.usd(self.charged_for(u))
+        )
+        chunks = response.aiter_raw()
+        first: list[bytes] = []
+        try:
+            while not first:
+                data = await chunks.__anext__()
+                first = meter.feed(data)
+        except StopAsyncIteration:
+            await response.aclose()
+            raise UpstreamFailure(
+                502, "The upstream provider ended the stream before sending anything.",
+                code="invalid_upstream_response", retryable=True,
+            ) from None  # fmt: skip
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            raise failure_from_exception(exc) from exc
+        if meter.malformed:
+            await response.aclose()
+            raise UpstreamFailure(
+                502, "The upstream provider sent an invalid stream.",
+                code="invalid_upstream_response", retryable=True,
+            )  # fmt: skip
+        return response, chunks, meter, first
+
+    async def _run_stream(self, routes) -> None:
+        request = self.request
+        outcome = self.outcome
+        _, (response, chunks, meter, first) = await run_until_disconnect(
+            request, self._failover(routes, self._attempt_stream)
+        )
+        self.meter = meter
+
+        async def pump() -> None:
+            try:
+                await request.start_stream()
+                for event in first:
+                    await request.stream_chunk(event)
+                outcome.ttft_ms = round((time.monotonic() - outcome.started) * 1000)
+                async for data in chunks:
+                    for event in meter.feed(data):
+                        await request.stream_chunk(event)
+                    if meter.malformed:
+                        break
+                if meter.malformed:
+                    self._interrupt(
+                        "The upstream provider sent an invalid stream.", "invalid_upstream_response"
+                    )
+                    await request.stream_chunk(
+                        error_event(outcome.error_message, outcome.error_code)
+                    )
+                    await request.stream_chunk(done_event())
+                elif not meter.done:
+                    raise httpx.RemoteProtocolError("stream ended without [DONE]")
+            except httpx.HTTPError as exc:
+                self._interrupt(
+                    f"The upstream provider's stream broke off: {type(exc).__name__}.",
+                    "upstream_stream_interrupted",
+                )
+                await request.stream_chunk(error_event(outcome.error_message, outcome.error_code))
+                await request.stream_chunk(done_event())
+            finally:
+                await response.aclose()
+            await request.end_stream()
+
+        try:
+            await run_until_disconnect(request, pump())
+        except ClientDisconnected:
+            outcome.status_code = CLIENT_CLOSED
+            outcome.error_code = "client_disconnected"
+            outcome.error_message = "The client closed the connection mid-stream."
+            raise
+        finally:
+            usage = meter.usage or self.local_usage(meter.delivered_completion_tokens())
+            outcome.usage = usage
+            outcome.cost_micros = self.charged_for(usage)
+            outcome.response_excerpt = meter.response_excerpt()
+
+    def _interrupt(self, message: str, code: str) -> None:
+        self.outcome.status_code = 502
+        self.outcome.error_code = code
+        self.outcome.error_message = message
+
+
+def _excerpt(data: dict) -> str:
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message") or {}
+            text = choice.get("text") or message.get("content")
+            if text:
+                return str(text)[:500]
+    return ""
+
+
+async def generation(request: Request, endpoint: Endpoint) -> None:
+    key = await authenticate(request)
+    await request.read_body(settings.RELAY_MAX_BODY_BYTES)
+    body = request.json()
+    call = Call(request, endpoint, key, body)
+    try:
+        await call.prepare(await catalog())
+    except RelayError as error:
+        if error.status == 403 and error.code in ("insufficient_quota", "per_request_cap_exceeded"):
+            await _log_error(call, error)
+        raise
+    try:
+        await call.run()
+    except RelayError as error:
+        call.outcome.status_code = error.status
+        call.outcome.error_code = error.code or ""
+        call.outcome.error_message = error.message
+        await request.respond_error(error)
+    except ClientDisconnected:
+        if call.outcome.status_code == 200:
+            call.outcome.status_code = CLIENT_CLOSED
+            call.outcome.error_code = "client_disconnected"
+            call.outcome.error_message = "The client closed the connection before the answer."
+    finally:
+        # Shielded: settlement must finish even when the client is gone or the server stops.
+        await asyncio.shield(db.run(accounting.settle, call.outcome))
+
+
+async def _log_error(call: Call, error: RelayError) -> None:
+    call.outcome.status_code = error.status
+    call.outcome.error_code = error.code or ""
+    call.outcome.error_message = error.message
+    await asyncio.shield(db.run(accounting.settle, call.outcome))
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def _model_object(model: routing.ModelInfo) -> dict:
+    return {
+        "id": model.model_id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.provider,
+    }
+
+
+def _usable(key: keys.KeyInfo, snapshot: routing.Snapshot) -> list[routing.ModelInfo]:
+    return [
+        m
+        for m in snapshot.models.values()
+        if snapshot.routes.get(m.model_id)
+        and (not key.allowed_models or m.model_id in key.allowed_models)
+    ]
+
+
+async def models_list(request: Request) -> None:
+    key = await authenticate(request)
+    snapshot = await catalog()
+    data = [_model_object(m) for m in _usable(key, snapshot)]
+    await request.respond_json(200, {"object": "list", "data": data})
+
+
+async def model_detail(request: Request, model_id: str) -> None:
+    key = await authenticate(request)
+    snapshot = await catalog()
+    for model in _usable(key, snapshot):
+        if model.model_id == model_id:
+            await request.respond_json(200, _model_object(model))
+            return
+    raise RelayError(
+        404, f"The model '{model_id}' does not exist or you do not have access to it.",
+        code="model_not_found", param="model",
+    )  # fmt: skip
