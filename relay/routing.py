@@ -104,11 +104,9 @@ def _load() -> Snapshot:
     return Snapshot(loaded_at=time.monotonic(), models=models, routes=routes)
 
 
-def snapshot_is_fresh() -> bool:
-    return (
-        _snapshot is not None
-        and time.monotonic() - _snapshot.loaded_at < settings.RELAY_CATALOG_CACHE_SECONDS
-    )
+def snapshot_age() -> float | None:
+    """Seconds since the snapshot was loaded; None when there is none."""
+    return None if _snapshot is None else time.monotonic() - _snapshot.loaded_at
 
 
 def refresh() -> Snapshot:
@@ -131,7 +129,7 @@ def invalidate() -> None:
 def invalidate_soon() -> None:
     """Mark the snapshot stale: the next call reloads it in the background."""
     if _snapshot is not None:
-        _snapshot.loaded_at = float("-inf")
+        _snapshot.loaded_at -= settings.RELAY_CATALOG_CACHE_SECONDS
 
 
 def cool_down_locally(channel_id: int, seconds: float) -> None:

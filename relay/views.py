@@ -80,9 +80,11 @@ _refreshing: asyncio.Task | None = None
 async def catalog() -> routing.Snapshot:
     """The catalog snapshot; a stale one is served while a fresh one loads in the background."""
     global _refreshing
-    if routing._snapshot is None:
+    age = routing.snapshot_age()
+    ttl = settings.RELAY_CATALOG_CACHE_SECONDS
+    if age is None or age > 2 * ttl:
         return await db.run(routing.refresh)
-    if not routing.snapshot_is_fresh() and (_refreshing is None or _refreshing.done()):
+    if age > ttl and (_refreshing is None or _refreshing.done()):
         _refreshing = asyncio.ensure_future(db.run(routing.refresh))
     return routing.current()
 

@@ -79,7 +79,9 @@ class Services:
         # Durability is pointless for a throwaway cluster; turning it off makes the suite faster.
         options = (
             f"-p {self.pg_port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
+            # Lets tests and the benchmark count the relay's database round trips.
+            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
         )
         subprocess.run(
             [*self.as_postgres, pg_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(log),
