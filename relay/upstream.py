@@ -57,13 +57,6 @@ def timeout_for(route: Route) -> httpx.Timeout:
     return httpx.Timeout(route.read_timeout, connect=route.connect_timeout)
 
 
-def openai_headers(route: Route) -> dict[str, str]:
-    headers = {"content-type": "application/json", "accept-encoding": "identity"}
-    if route.api_key:
-        headers["authorization"] = f"Bearer {route.api_key}"
-    return headers
-
-
 def failure_from_exception(exc: Exception) -> UpstreamFailure:
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamFailure(

@@ -14,6 +14,7 @@ from django.conf import settings
 from catalog.services import channel_record_failure, channel_record_success
 from relay import accounting, db, keys, metering, routing
 from relay.accounting import Outcome
+from relay.adapters import UpstreamRequest, adapter_for
 from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
 from relay.streaming import SSEMeter, done_event, error_event
 from relay.upstream import (
@@ -21,7 +22,6 @@ from relay.upstream import (
     client,
     failure_from_exception,
     failure_from_response,
-    openai_headers,
     timeout_for,
 )
 
@@ -39,7 +39,7 @@ FALLBACK_MAX_OUTPUT_TOKENS = 4096
 @dataclass(frozen=True)
 class Endpoint:
     name: str
-    path: str  # upstream path, appended to the channel's base URL
+    path: str  # the public path
     call_types: frozenset[str]
     required: str  # the body field that must be present
     count_prompt: Callable[[dict], int]
@@ -47,15 +47,15 @@ class Endpoint:
 
 
 CHAT = Endpoint(
-    "chat.completions", "/chat/completions", frozenset({"chat", "completion"}), "messages",
+    "chat.completions", "/v1/chat/completions", frozenset({"chat", "completion"}), "messages",
     metering.chat_prompt_tokens, True,
 )  # fmt: skip
 COMPLETIONS = Endpoint(
-    "completions", "/completions", frozenset({"chat", "completion"}), "prompt",
+    "completions", "/v1/completions", frozenset({"chat", "completion"}), "prompt",
     metering.completion_prompt_tokens, True,
 )  # fmt: skip
 EMBEDDINGS = Endpoint(
-    "embeddings", "/embeddings", frozenset({"embedding"}), "input",
+    "embeddings", "/v1/embeddings", frozenset({"embedding"}), "input",
     metering.embedding_input_tokens, False,
 )  # fmt: skip
 
@@ -121,7 +121,7 @@ def resolve_model(
     if model.call_type not in endpoint.call_types:
         raise RelayError(
             400, f"The model '{model_id}' is a {model.call_type} model and cannot be used with "
-            f"/v1/{endpoint.path.lstrip('/')}.", code="model_not_supported", param="model",
+            f"{endpoint.path}.", code="model_not_supported", param="model",
         )  # fmt: skip
     if not snapshot.routes.get(model_id):
         raise RelayError(
@@ -221,8 +221,8 @@ class Call:
         self.max_tokens_param: str | None = None
         self.max_tokens: int | None = None
 
-    # The request as each channel receives it.
-    def upstream_body(self, route: routing.Route) -> bytes:
+    # The request as each channel receives it (in OpenAI's shape; the adapter translates).
+    def upstream_request(self, route: routing.Route) -> UpstreamRequest:
         body = dict(self.body)
         body["model"] = route.upstream_model(self.model.model_id)
         if self.max_tokens_param and self.max_tokens is not None:
@@ -231,7 +231,7 @@ class Call:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True
             body["stream_options"] = options
-        return orjson.dumps(body)
+        return adapter_for(route).request(route, self.endpoint.name, body, self.stream)
 
     def charged_for(self, usage: metering.Usage) -> int:
         return min(metering.cost_micros(self.model, usage), self.outcome.hold_micros)
@@ -299,11 +299,12 @@ class Call:
     # --- non-streaming
 
     async def _attempt_plain(self, route: routing.Route) -> dict:
+        upstream = self.upstream_request(route)
         try:
             response = await client().post(
-                f"{route.base_url}{self.endpoint.path}",
-                content=self.upstream_body(route),
-                headers=openai_headers(route),
+                upstream.url,
+                content=upstream.content,
+                headers=upstream.headers,
                 timeout=timeout_for(route),
             )
         except httpx.HTTPError as exc:
@@ -317,6 +318,8 @@ class Call:
                 502, "The upstream provider sent an invalid response.",
                 code="invalid_upstream_response", retryable=True,
             ) from exc  # fmt: skip
+        if isinstance(data, dict):
+            data = adapter_for(route).response(data, self.outcome.upstream_model)
         if not isinstance(data, dict):
             raise UpstreamFailure(
                 502, "The upstream provider sent an invalid response.",
@@ -386,9 +389,10 @@ class Call:
     async def _attempt_stream(self, route: routing.Route):
         """Open the upstream stream and read its first event: failures up to here fail over."""
         http = client()
+        upstream = self.upstream_request(route)
         upstream_request = http.build_request(
-            "POST", f"{route.base_url}{self.endpoint.path}", content=self.upstream_body(route),
-            headers=openai_headers(route), timeout=timeout_for(route),
+            "POST", upstream.url, content=upstream.content, headers=upstream.headers,
+            timeout=timeout_for(route),
         )  # fmt: skip
         try:
             response = await http.send(upstream_request, stream=True)
@@ -402,7 +406,8 @@ class Call:
         meter = SSEMeter(
             show_usage=self.show_usage, cost_for=lambda u: metering.usd(self.charged_for(u))
         )
-        chunks = response.aiter_raw()
+        translator = adapter_for(route).stream(self.outcome.upstream_model, True)
+        chunks = response.aiter_raw() if translator is None else _translated(response, translator)
         first: list[bytes] = []
         try:
             while not first:
@@ -482,6 +487,16 @@ class Call:
         self.outcome.status_code = 502
         self.outcome.error_code = code
         self.outcome.error_message = message
+
+
+async def _translated(response: httpx.Response, translator):
+    async for data in response.aiter_raw():
+        out = translator.feed(data)
+        if out:
+            yield out
+    tail = translator.close()
+    if tail:
+        yield tail
 
 
 def _excerpt(data: dict) -> str:

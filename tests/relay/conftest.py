@@ -204,3 +204,21 @@ def wait_for_logs(account: Account, count: int, timeout: float = 5.0) -> list[Re
 def chat(account: Account, model: str = "gpt-test", **kwargs):
     kwargs.setdefault("messages", [{"role": "user", "content": "Hello there"}])
     return account.client.chat.completions.create(model=model, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _relay_quiet(transactional_db):
+    """After a test, let the relay finish its database work (settlements, channel bookkeeping)
+    before the tables are truncated, or the truncation deadlocks with it."""
+    yield
+    quiet_polls = 0
+    deadline = time.monotonic() + 10
+    while quiet_polls < 3 and time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND state <> 'idle'",
+                [RELAY_ROLE],
+            )
+            busy = cursor.fetchone()[0]
+        quiet_polls = 0 if busy else quiet_polls + 1
+        time.sleep(0.03)

@@ -1,0 +1,1560 @@
+"""Mock LLM upstream: a small, fast HTTP/1.1 server that speaks the OpenAI, Anthropic and Gemini
+wire formats, for the test suite, the offline demo channel and the load benchmark.
+
+It is an asyncio protocol on top of the `httptools` parser (uvloop when installed) rather than a
+framework: about 25,000 non-streaming requests per CPU-second, so the mock is never the
+bottleneck of a benchmark. It does not import Django, so it also runs on its own:
+
+    python -m relay.mock_upstream --port 8001 [--host H] [--latency-ms N] [--chunk-delay-ms N]
+
+Replies are deterministic: "This is a mock reply to: <first words of the last user message>",
+padded with filler words to the requested length, one word per stream chunk and per completion
+token. Prompt tokens are ceil(characters of all message text / 4), at least 1.
+
+Request headers steer it per call:
+    x-mock-chunks: N          completion length in words/chunks (default 16)
+    x-mock-latency-ms: N      delay before the response headers (overrides the server's)
+    x-mock-chunk-delay-ms: N  delay between stream events (overrides the server's; with 0 a
+                              stream goes out in one write)
+    x-mock-fault: NAME        one of FAULTS; a model named `mock-fault-NAME` does the same
+An API key that is exactly `invalid` gets 401; any other key (or none) is accepted.
+
+Test hooks: GET /_mock/stats, POST /_mock/reset, GET /_mock/last (the last provider request's
+method, path, query, headers and JSON body), or the same through `MockUpstream` in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import copy
+import functools
+import hashlib
+import logging
+import os
+import re
+import signal
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+
+try:
+    import orjson
+
+    _dumps: Callable[[Any], bytes] = orjson.dumps
+    _loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - orjson is pinned; this keeps standalone use light
+    import json
+
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    _loads = json.loads
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is optional, plain asyncio is only slower
+    uvloop = None
+
+logger = logging.getLogger(__name__)
+
+FAULTS = frozenset({"500", "429", "timeout", "malformed", "drop", "no-usage", "cached"})
+FAULT_MODEL_PREFIX = "mock-fault-"
+DEFAULT_CHUNKS = 16
+DEFAULT_EMBEDDING_DIMENSIONS = 8
+TOOL_CALL_TOKENS = 2  # a tool call streams as two deltas: the name, then the arguments
+TIMEOUT_FAULT_SECONDS = 60.0
+DROP_AFTER_CONTENT_CHUNKS = 2
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_PIPELINED = 32  # requests queued on one connection before we stop reading from it
+MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "claude-3-5-haiku-latest",
+    "gemini-2.0-flash",
+)
+MODEL_CREATED = 1_715_367_049  # fixed so /v1/models is byte-for-byte deterministic
+
+_PREFIX_WORDS = ("This", "is", "a", "mock", "reply", "to:")
+_PROMPT_WORDS = 8
+_WORD_CHARS = 40
+_FILLER_WORDS = (
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+)
+_NOT_JSON = object()
+_MALFORMED_BODY = b'{"id": "mock-malformed", "choices": [{"message": '
+_GEMINI_PATH = re.compile(r"^/v1(?:beta)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
+
+_STATUS_LINES = {
+    status: f"HTTP/1.1 {status} {reason}\r\n".encode()
+    for status, reason in (
+        (100, "Continue"),
+        (200, "OK"),
+        (400, "Bad Request"),
+        (401, "Unauthorized"),
+        (404, "Not Found"),
+        (405, "Method Not Allowed"),
+        (413, "Payload Too Large"),
+        (429, "Too Many Requests"),
+        (500, "Internal Server Error"),
+    )
+}
+_OPENAI_ERROR_TYPES = {429: "requests", 500: "server_error"}
+_ANTHROPIC_ERROR_TYPES = {
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+}
+_GEMINI_STATUSES = {
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+}
+_JSON = b"application/json"
+_SSE = b"text/event-stream; charset=utf-8"
+
+
+# --------------------------------------------------------------------------------------------
+# Requests, replies, statistics
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+    too_large: bool = False
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    content_type: bytes = _JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    events: list[bytes] | None = None  # a stream: each item is one framed event (one HTTP chunk)
+    drop_after: int | None = None  # stream: close abruptly after this many events
+    hang: bool = False  # `timeout` fault: say nothing
+    close_without_reply: bool = False  # `drop` fault on a non-stream call
+    latency_ms: int = 0
+    chunk_delay_ms: int = 0
+
+
+class Stats:
+    """Counters of one server. Written only on its event loop; read through `snapshot()`."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.requests_cancelled = 0  # client left before any response byte
+        self.streams_started = 0
+        self.streams_completed = 0
+        self.streams_cancelled = 0  # client left mid-stream
+        self.streams_dropped = 0  # the `drop` fault cut it
+        self.stream_events_sent = 0
+        self.by_path: dict[str, int] = {}
+        self.by_fault: dict[str, int] = {}
+        self.last: dict[str, Any] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "requests_cancelled": self.requests_cancelled,
+            "streams_started": self.streams_started,
+            "streams_completed": self.streams_completed,
+            "streams_cancelled": self.streams_cancelled,
+            "streams_dropped": self.streams_dropped,
+            "stream_events_sent": self.stream_events_sent,
+            "by_path": dict(self.by_path),
+            "by_fault": dict(self.by_fault),
+        }
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the three wire formats
+
+
+def _sse(payload: Any) -> bytes:
+    return b"data: " + _dumps(payload) + b"\n\n"
+
+
+def _anthropic_event(name: bytes, payload: Any) -> bytes:
+    return b"event: " + name + b"\ndata: " + _dumps(payload) + b"\n\n"
+
+
+def _collect_text(content: Any, out: list[str]) -> None:
+    """Gather the text of a message content in any provider's shape (string or parts)."""
+    if isinstance(content, str):
+        out.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    out.append(text)
+                if "content" in part:  # Anthropic tool_result blocks nest their content
+                    _collect_text(part["content"], out)
+
+
+def _count_tokens(texts: list[str], extra_tokens: int = 0) -> int:
+    chars = sum(len(text) for text in texts)
+    return max(1, -(-chars // 4) + extra_tokens)
+
+
+def _head(text: str) -> str:
+    """The first words of a prompt, which are all the reply quotes; a giant "word" (a 5 MB test
+    body without spaces) is cut so the reply stays small."""
+    return " ".join(word[:_WORD_CHARS] for word in text.split(None, _PROMPT_WORDS)[:_PROMPT_WORDS])
+
+
+@functools.lru_cache(maxsize=1024)  # benchmarks send the same prompt again and again
+def _reply_pieces(prompt_head: str, count: int) -> tuple[str, ...]:
+    """`count` words of the deterministic reply, each but the first with its leading space."""
+    words = [*_PREFIX_WORDS, *prompt_head.split()]
+    filler = 0
+    while len(words) < count:
+        words.append(_FILLER_WORDS[filler % len(_FILLER_WORDS)])
+        filler += 1
+    words = words[:count]
+    return tuple(word if index == 0 else " " + word for index, word in enumerate(words))
+
+
+def _int_field(body: dict[str, Any], *names: str, default: int | None, low: int, high: int) -> Any:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _BadRequest(f"'{name}' must be an integer between {low} and {high}", name)
+        return value
+    return default
+
+
+def _header_int(headers: dict[str, str], name: str, default: int, high: int) -> int:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(f"header {name} must be an integer, got {raw!r}") from None
+    if not 0 <= value <= high:
+        raise _BadRequest(f"header {name} must be between 0 and {high}, got {value}")
+    return value
+
+
+def _api_key(request: Request) -> str | None:
+    headers = request.headers
+    auth = headers.get("authorization")
+    if auth is not None and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return headers.get("x-api-key") or headers.get("x-goog-api-key") or request.query.get("key")
+
+
+def _openai_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _error_reply(family: str, status: int, message: str, param: str | None = None) -> Reply:
+    if family == "anthropic":
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "invalid_request_error")
+        payload: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    elif family == "gemini":
+        code = _GEMINI_STATUSES.get(status, "INVALID_ARGUMENT")
+        payload = {"error": {"code": status, "message": message, "status": code}}
+    else:
+        code_name = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
+        kind = _OPENAI_ERROR_TYPES.get(status, "invalid_request_error")
+        payload = {"error": {"message": message, "type": kind, "param": param, "code": code_name}}
+    headers = ((b"retry-after", b"1"),) if status == 429 else ()
+    return Reply(status=status, body=_dumps(payload), headers=headers)
+
+
+def _embedding(text: str, dimensions: int) -> list[float]:
+    # Multiples of 1/128 are exact in float32, so the SDK's default base64 encoding round-trips.
+    digest = hashlib.shake_256(text.encode()).digest(dimensions)
+    return [(byte - 128) / 128 for byte in digest]
+
+
+@dataclass(slots=True)
+class _Call:
+    """One provider call after the common checks: parsed body and the per-call knobs."""
+
+    body: dict[str, Any]
+    model: str
+    fault: str | None
+    chunks: int
+    seq: int
+    stream_format: str = "sse"  # Gemini also streams a plain JSON array without ?alt=sse
+
+    @property
+    def usage_hidden(self) -> bool:
+        return self.fault == "no-usage"
+
+    def cached_of(self, prompt_tokens: int) -> int:
+        return prompt_tokens // 2 if self.fault == "cached" else 0
+
+
+def _stream_reply(call: _Call, events: list[bytes], content_type: bytes, drop_at: int) -> Reply:
+    reply = Reply(content_type=content_type, events=events)
+    if call.fault == "drop":
+        reply.drop_after = min(drop_at, len(events) - 1)
+    return reply
+
+
+def _malformed_event(events: list[bytes], bad: bytes) -> None:
+    # After the first event, so a client has already committed to the stream when it breaks.
+    events.insert(1, bad)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI
+
+
+def _openai_tool_name(body: dict[str, Any]) -> str | None:
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    choice = body.get("tool_choice", "auto")
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name") or choice.get("name")
+        if isinstance(named, str) and named:
+            return named
+    first = tools[0] if isinstance(tools[0], dict) else {}
+    function = first.get("function") if isinstance(first.get("function"), dict) else first
+    name = function.get("name")
+    return name if isinstance(name, str) and name else "tool"
+
+
+def _chat_completions(call: _Call) -> Reply:
+    body = call.body
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("'messages' must be a non-empty array", "messages")
+    n = _int_field(body, "n", default=1, low=1, high=128)
+    cap = _int_field(
+        body, "max_completion_tokens", "max_tokens", default=None, low=1, high=10_000_000
+    )
+    texts: list[str] = []
+    last_user = ""
+    for message in messages:
+        if not isinstance(message, dict):
+            raise _BadRequest("each message must be an object", "messages")
+        before = len(texts)
+        _collect_text(message.get("content"), texts)
+        if message.get("role") == "user":
+            last_user = " ".join(texts[before:])
+    prompt_tokens = _count_tokens(texts)
+    tool = _openai_tool_name(body)
+    count = call.chunks if cap is None else min(call.chunks, cap)
+    finish = "length" if cap is not None and cap < call.chunks else "stop"
+    pieces = _reply_pieces(_head(last_user), count)
+    if tool is not None:
+        finish = "tool_calls"
+        count = TOOL_CALL_TOKENS
+    usage = _openai_usage(prompt_tokens, count * n, call.cached_of(prompt_tokens))
+    cid = f"chatcmpl-mock{call.seq:010d}"
+    created = int(time.time())
+
+    if not body.get("stream"):
+        choices = []
+        for index in range(n):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
+            if tool is not None:
+                message["content"] = None
+                message["tool_calls"] = [
+                    {
+                        "id": f"call_mock{index}",
+                        "type": "function",
+                        "function": {"name": tool, "arguments": "{}"},
+                    }
+                ]
+            message["refusal"] = None
+            message["annotations"] = []
+            choices.append(
+                {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
+            )
+        payload: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": call.model,
+            "choices": choices,
+            "usage": usage,
+            "service_tier": "default",
+            "system_fingerprint": "fp_mock",
+        }
+        if call.usage_hidden:
+            del payload["usage"]
+        return Reply(body=_dumps(payload))
+
+    options = body.get("stream_options")
+    include_usage = (
+        isinstance(options, dict) and options.get("include_usage") is True and not call.usage_hidden
+    )
+    base = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": call.model,
+        "system_fingerprint": "fp_mock",
+    }
+
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        payload = {**base, "choices": [choice]}
+        if include_usage:
+            payload["usage"] = None  # as OpenAI does on every chunk but the last one
+        return _sse(payload)
+
+    events = [
+        chunk(i, {"role": "assistant", "content": "" if tool is None else None, "refusal": None})
+        for i in range(n)
+    ]
+    if tool is not None:
+        for i in range(n):
+            call_id = f"call_mock{i}"
+            function = {"name": tool, "arguments": ""}
+            first = {"index": 0, "id": call_id, "type": "function", "function": function}
+            events.append(chunk(i, {"tool_calls": [first]}))
+            events.append(chunk(i, {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
+    else:
+        for piece in pieces:
+            events.extend(chunk(i, {"content": piece}) for i in range(n))
+    events.extend(chunk(i, {}, finish) for i in range(n))
+    if include_usage:
+        events.append(_sse({**base, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    if call.fault == "malformed":
+        _malformed_event(events, b'data: {"id": "mock-malformed", "choices": [\n\n')
+    return _stream_reply(call, events, _SSE, n + DROP_AFTER_CONTENT_CHUNKS * n)
+
+
+def _completions(call: _Call) -> Reply:
+    body = call.body
+    prompt = body.get("prompt")
+    prompts: list[Any]
+    if isinstance(prompt, str) or (
+        isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt)
+    ):
+        prompts = [prompt]  # one text, or one prompt given as token ids
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        prompts = prompt
+    else:
+        raise _BadRequest(
+            "'prompt' must be a string, an array of strings or token arrays", "prompt"
+        )
+    n = _int_field(body, "n", default=1, low=1, high=128)
+    cap = _int_field(body, "max_tokens", default=None, low=1, high=10_000_000)
+    texts = [p for p in prompts if isinstance(p, str)]
+    token_ids = sum(len(p) for p in prompts if isinstance(p, list))
+    prompt_tokens = _count_tokens(texts, token_ids)
+    count = call.chunks if cap is None else min(call.chunks, cap)
+    finish = "length" if cap is not None and cap < call.chunks else "stop"
+    choice_pieces = [
+        _reply_pieces(_head(p) if isinstance(p, str) else "", count)
+        for p in prompts
+        for _ in range(n)
+    ]
+    usage = _openai_usage(prompt_tokens, count * len(choice_pieces), call.cached_of(prompt_tokens))
+    cid = f"cmpl-mock{call.seq:010d}"
+    created = int(time.time())
+    base = {"id": cid, "object": "text_completion", "created": created, "model": call.model}
+
+    if not body.get("stream"):
+        choices = [
+            {"text": "".join(pieces), "index": i, "logprobs": None, "finish_reason": finish}
+            for i, pieces in enumerate(choice_pieces)
+        ]
+        payload = {**base, "choices": choices, "usage": usage}
+        if call.usage_hidden:
+            del payload["usage"]
+        return Reply(body=_dumps(payload))
+
+    options = body.get("stream_options")
+    include_usage = (
+        isinstance(options, dict) and options.get("include_usage") is True and not call.usage_hidden
+    )
+
+    def chunk(index: int, text: str, finish_reason: str | None = None) -> bytes:
+        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+        payload = {**base, "choices": [choice]}
+        if include_usage:
+            payload["usage"] = None
+        return _sse(payload)
+
+    events = []
+    for position in range(count):
+        events.extend(chunk(i, pieces[position]) for i, pieces in enumerate(choice_pieces))
+    events.extend(chunk(i, "", finish) for i in range(len(choice_pieces)))
+    if include_usage:
+        events.append(_sse({**base, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    if call.fault == "malformed":
+        _malformed_event(events, b'data: {"id": "mock-malformed", "choices": [\n\n')
+    return _stream_reply(call, events, _SSE, DROP_AFTER_CONTENT_CHUNKS * len(choice_pieces))
+
+
+def _embeddings(call: _Call) -> Reply:
+    body = call.body
+    raw = body.get("input")
+    inputs: list[Any]
+    if (isinstance(raw, str) and raw) or (
+        isinstance(raw, list) and raw and all(isinstance(item, int) for item in raw)
+    ):
+        inputs = [raw]  # one text, or one input given as token ids
+    elif isinstance(raw, list) and raw and all(isinstance(item, str | list) for item in raw):
+        inputs = raw
+    else:
+        raise _BadRequest("'input' must be a non-empty string or array", "input")
+    dimensions = _int_field(
+        body, "dimensions", default=DEFAULT_EMBEDDING_DIMENSIONS, low=1, high=16_384
+    )
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise _BadRequest("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    data = []
+    for index, item in enumerate(inputs):
+        text = item if isinstance(item, str) else ",".join(str(token) for token in item)
+        vector: Any = _embedding(text, dimensions)
+        if encoding == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    texts = [item for item in inputs if isinstance(item, str)]
+    prompt_tokens = _count_tokens(
+        texts, sum(len(item) for item in inputs if isinstance(item, list))
+    )
+    payload: dict[str, Any] = {"object": "list", "data": data, "model": call.model}
+    if not call.usage_hidden:
+        payload["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return Reply(body=_dumps(payload))
+
+
+def _model_card(model_id: str) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": MODEL_CREATED,
+        "owned_by": "tokenbyte-mock",
+    }
+
+
+_MODEL_LIST = _dumps({"object": "list", "data": [_model_card(m) for m in MODELS]})
+
+
+# --------------------------------------------------------------------------------------------
+# Anthropic Messages
+
+
+def _anthropic_tool_name(body: dict[str, Any]) -> str | None:
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    choice = body.get("tool_choice") or {"type": "auto"}
+    if isinstance(choice, dict):
+        if choice.get("type") == "none":
+            return None
+        if choice.get("type") == "tool" and isinstance(choice.get("name"), str):
+            return choice["name"]
+    first = tools[0] if isinstance(tools[0], dict) else {}
+    return first.get("name") if isinstance(first.get("name"), str) else "tool"
+
+
+def _anthropic_messages(call: _Call) -> Reply:
+    body = call.body
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("messages: field required")
+    # Anthropic requires max_tokens; so does the mock, to catch a relay that forgets to inject it.
+    if "max_tokens" not in body:
+        raise _BadRequest("max_tokens: Field required")
+    cap = _int_field(body, "max_tokens", default=None, low=1, high=10_000_000)
+    texts: list[str] = []
+    _collect_text(body.get("system"), texts)
+    last_user = ""
+    for message in messages:
+        if not isinstance(message, dict):
+            raise _BadRequest("messages: each message must be an object")
+        before = len(texts)
+        _collect_text(message.get("content"), texts)
+        if message.get("role") == "user":
+            last_user = " ".join(texts[before:])
+    prompt_tokens = _count_tokens(texts)
+    cached = call.cached_of(prompt_tokens)
+    tool = _anthropic_tool_name(body)
+    count = min(call.chunks, cap)
+    stop_reason = "max_tokens" if cap < call.chunks else "end_turn"
+    pieces = _reply_pieces(_head(last_user), count)
+    if tool is not None:
+        stop_reason = "tool_use"
+        count = TOOL_CALL_TOKENS
+    # Anthropic's input_tokens leaves out what was read from the cache; the total is their sum.
+    usage = {
+        "input_tokens": prompt_tokens - cached,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": count,
+    }
+    mid = f"msg_mock{call.seq:010d}"
+    tool_id = f"toolu_mock{call.seq:010d}"
+
+    if not body.get("stream"):
+        if tool is not None:
+            content = [{"type": "tool_use", "id": tool_id, "name": tool, "input": {}}]
+        else:
+            content = [{"type": "text", "text": "".join(pieces)}]
+        payload: dict[str, Any] = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": call.model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if call.usage_hidden:
+            del payload["usage"]
+        return Reply(body=_dumps(payload))
+
+    message = {
+        "id": mid,
+        "type": "message",
+        "role": "assistant",
+        "model": call.model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    delta_usage = dict(usage)
+    if call.usage_hidden:
+        del message["usage"]
+    events = [_anthropic_event(b"message_start", {"type": "message_start", "message": message})]
+    if tool is not None:
+        block: dict[str, Any] = {"type": "tool_use", "id": tool_id, "name": tool, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": "{}"}]
+    else:
+        block = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": piece} for piece in pieces]
+    events.append(
+        _anthropic_event(
+            b"content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        )
+    )
+    events.append(_anthropic_event(b"ping", {"type": "ping"}))
+    events.extend(
+        _anthropic_event(
+            b"content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+        )
+        for delta in deltas
+    )
+    events.append(
+        _anthropic_event(b"content_block_stop", {"type": "content_block_stop", "index": 0})
+    )
+    message_delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        "usage": delta_usage,
+    }
+    if call.usage_hidden:
+        del message_delta["usage"]
+    events.append(_anthropic_event(b"message_delta", message_delta))
+    events.append(_anthropic_event(b"message_stop", {"type": "message_stop"}))
+    if call.fault == "malformed":
+        _malformed_event(events, b'event: content_block_delta\ndata: {"type": "content_bl\n\n')
+    return _stream_reply(call, events, _SSE, 3 + DROP_AFTER_CONTENT_CHUNKS)
+
+
+# --------------------------------------------------------------------------------------------
+# Gemini
+
+
+def _gemini_tool_name(body: dict[str, Any]) -> str | None:
+    config = body.get("toolConfig") or body.get("tool_config") or {}
+    calling = config.get("functionCallingConfig") or config.get("function_calling_config") or {}
+    if calling.get("mode") == "NONE":
+        return None
+    allowed = calling.get("allowedFunctionNames") or calling.get("allowed_function_names")
+    names: list[str] = []
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict):
+            declarations = tool.get("functionDeclarations") or tool.get("function_declarations")
+            names.extend(d["name"] for d in declarations or [] if isinstance(d.get("name"), str))
+    if not names:
+        return None
+    if isinstance(allowed, list) and allowed and isinstance(allowed[0], str):
+        return allowed[0]
+    return names[0]
+
+
+def _gemini_generate(call: _Call, stream: bool) -> Reply:
+    body = call.body
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _BadRequest("* GenerateContentRequest.contents: contents is not specified")
+    config = body.get("generationConfig") or body.get("generation_config") or {}
+    if not isinstance(config, dict):
+        raise _BadRequest("generationConfig must be an object")
+    cap = _int_field(
+        config, "maxOutputTokens", "max_output_tokens", default=None, low=1, high=10_000_000
+    )
+    n = _int_field(config, "candidateCount", "candidate_count", default=1, low=1, high=8)
+    texts: list[str] = []
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    if isinstance(system, dict):
+        _collect_text(system.get("parts"), texts)
+    last_user = ""
+    for content in contents:
+        if not isinstance(content, dict):
+            raise _BadRequest("* GenerateContentRequest.contents: each content must be an object")
+        before = len(texts)
+        _collect_text(content.get("parts"), texts)
+        if content.get("role", "user") == "user":
+            last_user = " ".join(texts[before:])
+    prompt_tokens = _count_tokens(texts)
+    cached = call.cached_of(prompt_tokens)
+    tool = _gemini_tool_name(body)
+    count = call.chunks if cap is None else min(call.chunks, cap)
+    finish = "MAX_TOKENS" if cap is not None and cap < call.chunks else "STOP"
+    pieces = _reply_pieces(_head(last_user), count)
+    if tool is not None:
+        finish = "STOP"
+        count = TOOL_CALL_TOKENS
+    response_id = f"mock{call.seq:010d}"
+
+    def usage_of(produced: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": produced,
+            "totalTokenCount": prompt_tokens + produced,
+        }
+        if cached:  # Gemini leaves the field out when nothing came from the cache
+            usage["cachedContentTokenCount"] = cached
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt_tokens}]
+        return usage
+
+    def response(parts: list[dict[str, Any]], produced: int, finish_reason: str | None) -> bytes:
+        candidates = []
+        for index in range(n):
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
+            if finish_reason is not None:
+                candidate["finishReason"] = finish_reason
+            candidate["index"] = index
+            candidates.append(candidate)
+        payload: dict[str, Any] = {"candidates": candidates}
+        if not call.usage_hidden:
+            payload["usageMetadata"] = usage_of(produced)
+        payload["modelVersion"] = call.model
+        payload["responseId"] = response_id
+        return _dumps(payload)
+
+    tool_parts = [{"functionCall": {"name": tool, "args": {}}}] if tool is not None else None
+    if not stream:
+        parts = tool_parts or [{"text": "".join(pieces)}]
+        return Reply(body=response(parts, count * n, finish))
+
+    if tool_parts is not None:
+        bodies = [response(tool_parts, count * n, finish)]
+    else:
+        last = len(pieces) - 1
+        bodies = [
+            response([{"text": piece}], (i + 1) * n, finish if i == last else None)
+            for i, piece in enumerate(pieces)
+        ]
+        if not bodies:
+            bodies = [response([{"text": ""}], 0, finish)]
+    if call.stream_format == "sse":
+        # Gemini frames its events with CRLF pairs, unlike OpenAI and Anthropic.
+        events = [b"data: " + item + b"\r\n\r\n" for item in bodies]
+        bad = b'data: {"candidates": [{"content": \r\n\r\n'
+        content_type = b"text/event-stream"
+    else:
+        # Without ?alt=sse the stream is one JSON array, written element by element.
+        events = [b"[" + bodies[0]] + [b",\r\n" + item for item in bodies[1:]] + [b"]"]
+        bad = b',\r\n{"candidates": [{"content": '
+        content_type = _JSON
+    if call.fault == "malformed":
+        _malformed_event(events, bad)
+    return _stream_reply(call, events, content_type, DROP_AFTER_CONTENT_CHUNKS)
+
+
+# --------------------------------------------------------------------------------------------
+# The application: routing, faults, statistics
+
+
+class MockApp:
+    """Turns a parsed request into a `Reply`. Synchronous and pure but for the statistics."""
+
+    def __init__(self, latency_ms: int = 0, chunk_delay_ms: int = 0) -> None:
+        self.latency_ms = latency_ms
+        self.chunk_delay_ms = chunk_delay_ms
+        self.stats = Stats()
+        self._seq = 0
+
+    def dispatch(self, request: Request) -> Reply:
+        if request.path.startswith("/_mock/"):
+            return self._control(request)
+        family = "openai"
+        if request.path == "/v1/messages":
+            family = "anthropic"
+        elif ":" in request.path and _GEMINI_PATH.match(request.path):
+            family = "gemini"
+        stats = self.stats
+        stats.requests += 1
+        stats.by_path[request.path] = stats.by_path.get(request.path, 0) + 1
+        record: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": request.headers,
+            "json": None,
+            "body_size": len(request.body),
+        }
+        stats.last = record
+        try:
+            reply = self._provider(request, family, record)
+        except _BadRequest as exc:
+            reply = _error_reply(family, exc.status, exc.message, exc.param)
+        except Exception:  # a bug in the mock must not kill the connection silently
+            logger.exception("mock upstream failed on %s %s", request.method, request.path)
+            reply = _error_reply(family, 500, "mock upstream crashed; see its log")
+        return reply
+
+    def _provider(self, request: Request, family: str, record: dict[str, Any]) -> Reply:
+        headers = request.headers
+        latency = _header_int(headers, "x-mock-latency-ms", self.latency_ms, 600_000)
+        chunk_delay = _header_int(headers, "x-mock-chunk-delay-ms", self.chunk_delay_ms, 600_000)
+        chunks = _header_int(headers, "x-mock-chunks", DEFAULT_CHUNKS, 100_000)
+        reply = self._route(request, family, record, chunks)
+        reply.latency_ms = latency
+        reply.chunk_delay_ms = chunk_delay
+        return reply
+
+    def _route(self, request: Request, family: str, record: dict[str, Any], chunks: int) -> Reply:
+        method, path = request.method, request.path
+        handler: Callable[[_Call], Reply] | None = None
+        model_from_path: str | None = None
+        if path == "/v1/chat/completions":
+            handler = _chat_completions
+        elif path == "/v1/completions":
+            handler = _completions
+        elif path == "/v1/embeddings":
+            handler = _embeddings
+        elif path == "/v1/messages":
+            handler = _anthropic_messages
+        elif family == "gemini":
+            match = _GEMINI_PATH.match(path)
+            assert match is not None
+            model_from_path = unquote(match.group(1))
+            stream = match.group(2) == "streamGenerateContent"
+            stream_format = "sse" if request.query.get("alt") == "sse" else "array"
+
+            def handler(call: _Call) -> Reply:
+                call.stream_format = stream_format
+                return _gemini_generate(call, stream)
+
+        elif path in ("/v1/models", "/v1/models/"):
+            if method != "GET":
+                raise _BadRequest(f"Method {method} not allowed on {path}", status=405)
+            return self._checked(request, family, None, lambda: Reply(body=_MODEL_LIST))
+        elif path.startswith("/v1/models/"):
+            if method != "GET":
+                raise _BadRequest(f"Method {method} not allowed on {path}", status=405)
+            model_id = unquote(path[len("/v1/models/") :])
+            return self._checked(
+                request, family, model_id, lambda: Reply(body=_dumps(_model_card(model_id)))
+            )
+        else:
+            raise _BadRequest(f"Invalid URL ({method} {path})", status=404)
+
+        if method != "POST":
+            raise _BadRequest(f"Method {method} not allowed on {path}", status=405)
+        if request.too_large:
+            raise _BadRequest(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
+        try:
+            body = _loads(request.body)
+        except ValueError:
+            body = _NOT_JSON
+        else:
+            record["json"] = body  # recorded even when refused below: relay tests look at it
+        if _api_key(request) == "invalid":
+            return self._unauthorized(family)
+        if body is _NOT_JSON:
+            raise _BadRequest("We could not parse the JSON body of your request.")
+        if not isinstance(body, dict):
+            raise _BadRequest("The request body must be a JSON object.")
+        model = model_from_path or body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequest("you must provide a model parameter", "model")
+        fault = self._fault(request, model)
+        if fault in ("500", "429"):
+            return self._fault_reply(family, fault, model)
+        if fault == "timeout":
+            return Reply(hang=True)
+        self._seq += 1
+        call = _Call(body=body, model=model, fault=fault, chunks=chunks, seq=self._seq)
+        reply = handler(call)
+        if fault == "malformed" and reply.events is None:
+            reply.body = _MALFORMED_BODY
+        if fault == "drop" and reply.events is None:
+            reply.close_without_reply = True
+        return reply
+
+    def _checked(
+        self, request: Request, family: str, model: str | None, build: Callable[[], Reply]
+    ) -> Reply:
+        """The auth and fault checks of the GET endpoints, which have no body."""
+        if _api_key(request) == "invalid":
+            return self._unauthorized(family)
+        fault = self._fault(request, model)
+        if fault in ("500", "429"):
+            return self._fault_reply(family, fault, model or "mock")
+        if fault == "timeout":
+            return Reply(hang=True)
+        reply = build()
+        if fault == "malformed":
+            reply.body = _MALFORMED_BODY
+        elif fault == "drop":
+            reply.close_without_reply = True
+        return reply
+
+    def _fault(self, request: Request, model: str | None) -> str | None:
+        fault = request.headers.get("x-mock-fault")
+        if fault is None and model is not None and model.startswith(FAULT_MODEL_PREFIX):
+            fault = model[len(FAULT_MODEL_PREFIX) :]
+        if fault is None:
+            return None
+        if fault not in FAULTS:
+            names = ", ".join(sorted(FAULTS))
+            raise _BadRequest(f"unknown mock fault {fault!r}; known faults: {names}")
+        self.stats.by_fault[fault] = self.stats.by_fault.get(fault, 0) + 1
+        return fault
+
+    @staticmethod
+    def _unauthorized(family: str) -> Reply:
+        return _error_reply(family, 401, "Incorrect API key provided: invalid.")
+
+    @staticmethod
+    def _fault_reply(family: str, fault: str, model: str) -> Reply:
+        if fault == "429":
+            return _error_reply(family, 429, f"Rate limit reached for {model} (mock fault 429).")
+        return _error_reply(
+            family, 500, "The server had an error while processing your request (mock fault 500)."
+        )
+
+    def _control(self, request: Request) -> Reply:
+        route = (request.method, request.path)
+        if route == ("GET", "/_mock/stats"):
+            return Reply(body=_dumps(self.stats.snapshot()))
+        if route == ("POST", "/_mock/reset"):
+            self.stats.reset()
+            return Reply(body=_dumps(self.stats.snapshot()))
+        if route == ("GET", "/_mock/last"):
+            return Reply(body=_dumps(self.stats.last))
+        return _error_reply("openai", 404, f"Invalid URL ({request.method} {request.path})")
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP/1.1 on a raw asyncio protocol
+
+
+def _reply_head(reply: Reply, content_length: int | None, keep_alive: bool) -> bytes:
+    parts = [_STATUS_LINES[reply.status], b"content-type: ", reply.content_type, b"\r\n"]
+    if content_length is None:
+        parts.append(b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n")
+    else:
+        parts += [b"content-length: ", str(content_length).encode(), b"\r\n"]
+    for name, value in reply.headers:
+        parts += [name, b": ", value, b"\r\n"]
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"server: tokenbyte-mock\r\n\r\n")
+    return b"".join(parts)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection. Requests are answered strictly in order, so pipelining is safe;
+    a reply that needs no waiting is written straight from the parser callback (the fast path)."""
+
+    def __init__(self, server: MockServer) -> None:
+        self.server = server
+        self.app = server.app
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.queue: deque[Request] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self.url = b""
+        self.header_list: list[tuple[bytes, bytes]] = []
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.too_large = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()  # stops a sleeping or streaming handler at once
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.cancel()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_list.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.header_list:
+            # curl asks before sending a large body; answer only when nothing else is in flight.
+            if (
+                name.lower() == b"expect"
+                and value.lower() == b"100-continue"
+                and self.task is None
+                and not self.queue
+                and self.transport is not None
+            ):
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self.too_large:
+            return
+        self.body_size += len(body)
+        if self.body_size > MAX_BODY_BYTES:
+            self.too_large = True
+            self.body_parts.clear()
+        else:
+            self.body_parts.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.closed:
+            return
+        parsed = httptools.parse_url(self.url)
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self.header_list:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        query = dict(parse_qsl(parsed.query.decode("latin-1"))) if parsed.query else {}
+        request = Request(
+            method=self.parser.get_method().decode("ascii", "replace"),
+            path=parsed.path.decode("latin-1"),
+            query=query,
+            headers=headers,
+            body=b"".join(self.body_parts),
+            keep_alive=self.parser.should_keep_alive(),
+            too_large=self.too_large,
+        )
+        self._reset_message()
+        if self.task is None and not self.queue:
+            self._handle(request)
+        else:
+            self.queue.append(request)
+            if len(self.queue) >= MAX_PIPELINED and not self.reading_paused:
+                self.reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+
+    # request handling
+
+    def _handle(self, request: Request) -> None:
+        reply = self.app.dispatch(request)
+        if reply.latency_ms == 0 and not reply.hang and not reply.close_without_reply:
+            if reply.events is None:
+                self._write_reply(reply, request.keep_alive)
+                return
+            if reply.chunk_delay_ms == 0:
+                self._write_stream_at_once(reply, request.keep_alive)
+                return
+        self.task = self.loop.create_task(self._answer_later(request, reply))
+
+    async def _answer_later(self, request: Request, reply: Reply) -> None:
+        stats = self.app.stats
+        streaming = False
+        try:
+            if reply.latency_ms:
+                await asyncio.sleep(reply.latency_ms / 1000)
+            if reply.hang:
+                await asyncio.sleep(TIMEOUT_FAULT_SECONDS)
+                self._close()
+            elif reply.close_without_reply:
+                self._close()
+            elif reply.events is None:
+                self._write_reply(reply, request.keep_alive)
+            else:
+                streaming = True
+                await self._stream(reply, request.keep_alive)
+        except asyncio.CancelledError:
+            if streaming:
+                stats.streams_cancelled += 1
+            else:
+                stats.requests_cancelled += 1
+            # Swallowed on purpose: the client is gone and nothing awaits this task.
+        finally:
+            self.task = None
+        if not self.closed:
+            self._next()
+
+    async def _stream(self, reply: Reply, keep_alive: bool) -> None:
+        assert reply.events is not None and self.transport is not None
+        if not reply.chunk_delay_ms:
+            self._write_stream_at_once(reply, keep_alive)
+            return
+        stats = self.app.stats
+        transport = self.transport
+        delay = reply.chunk_delay_ms / 1000
+        transport.write(_reply_head(reply, None, keep_alive))
+        stats.streams_started += 1
+        for index, event in enumerate(reply.events):
+            if index == reply.drop_after:
+                stats.streams_dropped += 1
+                self._close()  # flushes what was sent, then FIN without the last chunk
+                return
+            if delay and index:
+                await asyncio.sleep(delay)
+            transport.write(b"%x\r\n%b\r\n" % (len(event), event))
+            stats.stream_events_sent += 1
+            if self.write_paused:
+                self.drain_waiter = self.loop.create_future()
+                await self.drain_waiter
+        transport.write(b"0\r\n\r\n")
+        stats.streams_completed += 1
+        if not keep_alive:
+            self._close()
+
+    def _write_stream_at_once(self, reply: Reply, keep_alive: bool) -> None:
+        # Without a chunk delay nothing could tell the events apart on the wire anyway (the kernel
+        # coalesces them); one write instead of one per event makes a stream ~2.5x cheaper, which
+        # matters when the mock shares the benchmark machine with the relay.
+        if self.closed or self.transport is None:
+            return
+        assert reply.events is not None
+        stats = self.app.stats
+        cut = reply.drop_after
+        sent = reply.events if cut is None else reply.events[:cut]
+        parts = [_reply_head(reply, None, keep_alive)]
+        parts.extend(b"%x\r\n%b\r\n" % (len(event), event) for event in sent)
+        if cut is None:
+            parts.append(b"0\r\n\r\n")
+        self.transport.write(b"".join(parts))
+        stats.streams_started += 1
+        stats.stream_events_sent += len(sent)
+        if cut is not None:
+            stats.streams_dropped += 1
+            self._close()  # flushes what was sent, then FIN without the last chunk
+        else:
+            stats.streams_completed += 1
+            if not keep_alive:
+                self._close()
+
+    def _next(self) -> None:
+        while self.queue and self.task is None and not self.closed:
+            self._handle(self.queue.popleft())
+        if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2 and not self.closed:
+            self.reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+
+    def _write_reply(self, reply: Reply, keep_alive: bool) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(_reply_head(reply, len(reply.body), keep_alive) + reply.body)
+        if not keep_alive:
+            self._close()
+
+    def _fail(self, status: int, message: str) -> None:
+        self._write_reply(_error_reply("openai", status, message), keep_alive=False)
+
+    def _close(self) -> None:
+        self.closed = True
+        self.queue.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class MockServer:
+    """The listening socket plus its application and live connections, on the running loop."""
+
+    def __init__(self, latency_ms: int = 0, chunk_delay_ms: int = 0) -> None:
+        self.app = MockApp(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms)
+        self.connections: set[_Connection] = set()
+        self.host = ""
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=2048
+        )
+        self.host = host
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self.connections):
+            connection.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    latency_ms: int = 0,
+    chunk_delay_ms: int = 0,
+    *,
+    ready: Callable[[MockServer], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set (or forever / until cancelled). `ready` gets the bound server."""
+    server = MockServer(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms)
+    await server.start(host, port)
+    try:
+        if ready is not None:
+            ready(server)
+        if stop is None:
+            await asyncio.Future()
+        else:
+            await stop.wait()
+    finally:
+        await server.close()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+
+
+def run(
+    host: str,
+    port: int,
+    latency_ms: int = 0,
+    chunk_delay_ms: int = 0,
+    *,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve in the foreground until SIGINT or SIGTERM; both end it cleanly. Raises OSError when
+    the address cannot be bound."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for signum in signals:
+            loop.add_signal_handler(signum, stop.set)
+
+        def on_ready(server: MockServer) -> None:
+            if announce is not None:
+                announce(
+                    f"Mock upstream listening on http://{server.host}:{server.port}/v1 "
+                    f"(latency {latency_ms} ms, chunk delay {chunk_delay_ms} ms); Ctrl-C to stop."
+                )
+
+        try:
+            await serve(host, port, latency_ms, chunk_delay_ms, ready=on_ready, stop=stop)
+        finally:
+            # Hand SIGINT back to Python (KeyboardInterrupt) for whoever runs after us.
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(main())
+
+
+# --------------------------------------------------------------------------------------------
+# Tests: the server on a background thread
+
+
+class MockUpstream:
+    """A mock upstream on a free loopback port, served from a background thread.
+
+    with MockUpstream(latency_ms=0) as mock:
+        client = openai.OpenAI(base_url=mock.base_url, api_key="sk-test")
+        ...
+        assert mock.stats["streams_completed"] == 1
+        assert mock.last_request["json"]["model"] == "gpt-4o-mini"
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: int = 0,
+        chunk_delay_ms: int = 0,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self._server = MockServer(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    # lifecycle
+
+    def start(self) -> MockUpstream:
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._run, name="mock-upstream", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._startup_error is not None:
+            self._thread.join(5)
+            self._thread = None
+            raise self._startup_error
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> MockUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._server.start(self.host, self._requested_port))
+        except BaseException as exc:  # handed to start(), which raises it in the caller
+            self._startup_error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._loop = loop
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._server.close())
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    # addresses
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        """Root URL without a path: http://127.0.0.1:PORT"""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-style base URL: http://127.0.0.1:PORT/v1"""
+        return f"{self.url}/v1"
+
+    # knobs, changeable while running (plain attribute writes, read per request)
+
+    @property
+    def latency_ms(self) -> int:
+        return self._server.app.latency_ms
+
+    @latency_ms.setter
+    def latency_ms(self, value: int) -> None:
+        self._server.app.latency_ms = value
+
+    @property
+    def chunk_delay_ms(self) -> int:
+        return self._server.app.chunk_delay_ms
+
+    @chunk_delay_ms.setter
+    def chunk_delay_ms(self, value: int) -> None:
+        self._server.app.chunk_delay_ms = value
+
+    # statistics, read and reset on the server's own loop so counters are never torn
+
+    def _on_loop(self, fn: Callable[[], Any]) -> Any:
+        loop = self._loop
+        if loop is None:
+            return fn()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
+
+        loop.call_soon_threadsafe(call)
+        return future.result(timeout=10)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: requests, streams_started/completed/cancelled/dropped, by_path, ..."""
+        return self._on_loop(self._server.app.stats.snapshot)
+
+    @property
+    def last_request(self) -> dict[str, Any] | None:
+        """The last provider request: method, path, query, headers (lower-case), json, body_size."""
+        return self._on_loop(lambda: copy.deepcopy(self._server.app.stats.last))
+
+    def reset(self) -> None:
+        self._on_loop(self._server.app.stats.reset)
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Poll the statistics until `predicate(stats)` holds; return them, or raise TimeoutError.
+        For effects that land after the client call returns, such as a cancelled stream."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats
+            if predicate(stats):
+                return stats
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"mock upstream stats never matched: {stats}")
+            time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------------------------
+# Standalone entry point
+
+
+def describe_os_error(exc: OSError) -> str:
+    """ "Address already in use" rather than uvloop's long bind message."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay.mock_upstream", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--latency-ms", type=int, default=0)
+    parser.add_argument("--chunk-delay-ms", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be between 1 and 65535, got {args.port}")
+    if args.latency_ms < 0 or args.chunk_delay_ms < 0:
+        parser.error("--latency-ms and --chunk-delay-ms must not be negative")
+    try:
+        run(
+            args.host,
+            args.port,
+            args.latency_ms,
+            args.chunk_delay_ms,
+            announce=lambda line: print(line, flush=True),
+        )
+    except OSError as exc:
+        parser.exit(
+            1, f"error: cannot listen on {args.host}:{args.port}: {describe_os_error(exc)}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())
