@@ -21,10 +21,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed-base requirements/dev.txt
 os-packages-test:
 	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server chromium:chromium
 
+# The demo channel points at the bundled mock upstream, started here beside the server.
 run: $(VENV)/.installed-base
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py seed_demo --host $(HOST) --port $(PORT)
-	@echo "Console and relay: http://$(HOST):$(PORT)/   Staff admin: http://$(HOST):$(PORT)/admin/"
+	MOCK_UPSTREAM_URL=http://127.0.0.1:$(MOCK_PORT)/v1 $(PY) manage.py seed_demo --host $(HOST) --port $(PORT)
+	@echo "Serving on http://$(HOST):$(PORT)/ (relay at /v1, staff admin at /admin/); Ctrl-C stops."
+	@$(PY) manage.py mock_upstream --port $(MOCK_PORT) & mock=$$!; \
+	trap 'kill $$mock 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) tokenbyte.asgi:application
 
 test: os-packages-test $(VENV)/.installed-dev

@@ -44,3 +44,33 @@ def manage(transactional_db):
         )
 
     return run
+
+
+@pytest.fixture
+def staff_user(db):
+    """A superuser with a confirmed TOTP device, as `otp_enroll` leaves one."""
+    from tests.factories import TOTPDeviceFactory, UserFactory
+
+    user = UserFactory(email="staff@example.com", is_staff=True, is_superuser=True)
+    user.totp_device = TOTPDeviceFactory(user=user)
+    return user
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    """A client signed in to the admin through its real login form: password and TOTP code."""
+    from tests.factories import totp_token
+
+    device = staff_user.totp_device
+    response = client.post(
+        "/admin/login/?next=/admin/",
+        {
+            "username": staff_user.email,
+            "password": "correct horse battery",
+            "otp_device": device.persistent_id,
+            "otp_token": totp_token(device),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()
+    assert response["Location"] == "/admin/"
+    return client

@@ -1,10 +1,16 @@
+from datetime import timedelta
+
 import factory
 from django.utils import timezone
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts.models import ApiToken, TokenGroup, User
+from accounts.models import ApiToken, Invitation, Membership, Organization, TokenGroup, User
 from accounts.services import api_key_digest
-from billing.models import Wallet
+from billing.models import Alert, Hold, TopUp, Wallet
 from catalog.models import Channel, Model, Provider
+from tasks.models import AsyncTask
+from usage.models import RequestLog
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -75,3 +81,102 @@ class ChannelFactory(factory.django.DjangoModelFactory):
     type = Channel.Type.OPENAI
     base_url = "http://127.0.0.1:9/v1"
     api_key = "upstream-secret"
+
+
+class OrganizationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Organization
+
+    name = factory.Sequence(lambda n: f"Org {n}")
+    slug = factory.Sequence(lambda n: f"org-{n}")
+    created_by = factory.SubFactory(UserFactory)
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    organization = factory.SubFactory(OrganizationFactory)
+    user = factory.SubFactory(UserFactory)
+
+
+class InvitationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Invitation
+
+    organization = factory.SubFactory(OrganizationFactory)
+    email = factory.Sequence(lambda n: f"invitee{n}@example.com")
+    token_digest = factory.Sequence(lambda n: api_key_digest(f"invitation-{n}"))
+    expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(days=7))
+
+
+class HoldFactory(factory.django.DjangoModelFactory):
+    """A hold row only: the wallet's held_micros is not moved (use the services for that)."""
+
+    class Meta:
+        model = Hold
+
+    request_id = factory.Sequence(lambda n: f"req-hold-{n}")
+    wallet = factory.SubFactory(WalletFactory)
+    amount_micros = 1_000
+    expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(minutes=10))
+
+
+class TopUpFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TopUp
+
+    wallet = factory.SubFactory(WalletFactory)
+    user = factory.SelfAttribute("wallet.user")
+    amount_micros = 10_000_000
+
+
+class AlertFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Alert
+
+    kind = Alert.Kind.LOW_BALANCE
+    user = factory.SubFactory(UserFactory)
+    dedupe_key = factory.Sequence(lambda n: f"alert-{n}")
+    message = "Your balance is below $5.00"
+
+
+class RequestLogFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = RequestLog
+
+    request_id = factory.Sequence(lambda n: f"req-log-{n}")
+    user = factory.SubFactory(UserFactory)
+    model_id = "gpt-4o-mini"
+    call_type = "chat"
+    status_code = 200
+    prompt_tokens = 12
+    completion_tokens = 30
+    cost_micros = 1_234
+
+
+class AsyncTaskFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = AsyncTask
+
+    public_id = factory.Sequence(lambda n: f"task_{n:08d}")
+    user = factory.SubFactory(UserFactory)
+    kind = AsyncTask.Kind.IMAGE_GENERATION
+    model_id = "dall-e-3"
+    input = factory.LazyFunction(lambda: {"prompt": "a lighthouse"})
+
+
+class TOTPDeviceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TOTPDevice
+
+    user = factory.SubFactory(UserFactory, is_staff=True)
+    name = "authenticator"
+    confirmed = True
+
+
+def totp_token(device: TOTPDevice, *, steps_from_now: int = 0) -> str:
+    """The code an authenticator app shows for the device now (or some steps away)."""
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time += steps_from_now * device.step
+    return f"{totp.token():0{device.digits}d}"

@@ -1,3 +1,6 @@
+from django.contrib import admin
+from django.db import models
+from django.http import HttpRequest
 from django_otp.admin import OTPAdminSite
 
 
@@ -7,3 +10,24 @@ class TokenByteAdminSite(OTPAdminSite):
     site_header = "TokenByte staff admin"
     site_title = "TokenByte admin"
     index_title = "Platform administration"
+
+
+# Django 6 makes https the scheme of a URL typed without one; take it now, and silence the warning.
+URL_FIELD_OVERRIDES = {models.URLField: {"assume_scheme": "https"}}
+
+
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Records only the system writes (ledger, request logs, holds): staff may look, not touch.
+
+    Money and usage history must stay exactly as the relay and the services wrote it, so nobody
+    adds, edits or deletes a row here, superusers included.
+    """
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

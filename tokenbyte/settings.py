@@ -212,6 +212,8 @@ if env("OIDC_CLIENT_ID"):
     }
 
 OTP_TOTP_ISSUER = env("OTP_TOTP_ISSUER", "TokenByte")
+# Staff must not read each other's TOTP secrets in the admin.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],

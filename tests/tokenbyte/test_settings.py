@@ -7,7 +7,7 @@ import pytest
 
 from tokenbyte.money import format_usd, token_cost_micros, usd_to_micros
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {
     "DEBUG": "0",
     "SECRET_KEY": "s" * 50,

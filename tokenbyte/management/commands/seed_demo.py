@@ -106,7 +106,6 @@ class Command(OperatorCommand):
                 [
                     "",
                     "TokenByte demo is ready.",
-                    f"  Console:        {base}/",
                     f"  Relay base URL: {base}/v1",
                     f"  Login:          {DEMO_EMAIL}  password: {password}",
                     f"  Demo API key:   {key}",
