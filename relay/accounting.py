@@ -33,16 +33,23 @@ class Reservation:
     max_tokens: int | None
 
 
-def _budget(key: KeyInfo) -> int:
-    """What this key may still spend on one call, micro-USD: wallet, credit limit, per-call cap."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT (SELECT balance_micros - held_micros FROM billing_wallet WHERE id = %s),"
-            " (SELECT credit_limit_micros - credit_used_micros FROM accounts_apitoken"
-            " WHERE id = %s)",
-            [key.wallet_id, key.token_id],
-        )
-        available, credit_left = cursor.fetchone()
+@dataclass(frozen=True)
+class HoldRequest:
+    request_id: str
+    key: KeyInfo
+    model: ModelInfo
+    prompt_tokens: int  # our estimate, margin included
+    max_tokens: int | None  # what the client asked for, per choice
+    n: int
+    default_max_tokens: int
+
+    @property
+    def needs_budget(self) -> bool:
+        return self.max_tokens is None
+
+
+def budget_from(key: KeyInfo, available: int | None, credit_left: int | None) -> int:
+    """What this key may spend on one call, micro-USD: wallet, credit limit, per-call cap."""
     budget = available or 0
     if key.credit_limited and credit_left is not None:
         budget = min(budget, credit_left)
@@ -61,63 +68,79 @@ def _refuse(needed: int, budget_hint: str) -> RelayError:
     )
 
 
-def reserve(
-    *,
-    request_id: str,
-    key: KeyInfo,
-    model: ModelInfo,
-    prompt_tokens: int,
-    max_tokens: int | None,
-    n: int,
-    default_max_tokens: int,
-) -> Reservation:
-    """Hold the worst-case cost of the call, or refuse it with 403.
+def plan_hold(req: HoldRequest, budget: int | None) -> tuple[int, int]:
+    """(hold in micro-USD, max output tokens per choice) for a call, or a 403.
 
-    With max_tokens given, the hold covers it exactly or the call is refused. Without, the relay
-    picks the largest max_tokens the budget covers (up to default_max_tokens) and sends that
-    upstream, so no call can cost more than its hold.
+    With max_tokens given, the hold covers it exactly (within the per-request cap). Without, the
+    relay picks the largest max_tokens the budget covers, up to default_max_tokens, and sends
+    that upstream, so no call can cost more than its hold.
     """
+    model, key = req.model, req.key
     if key.wallet_id is None:
-        raise _refuse(
-            metering.hold_for(model, prompt_tokens, max_tokens or 1), "there is no wallet"
-        )
-    chosen = max_tokens
-    for attempt in range(2):
-        if max_tokens is not None:
-            amount = metering.hold_for(model, prompt_tokens, max_tokens * n)
-            cap = key.max_cost_per_request_micros
-            if cap is not None and amount > cap:
-                raise RelayError(
-                    403,
-                    f"This request could cost up to {format_usd(amount)}, over this key's "
-                    f"per-request cap of {format_usd(cap)}. Lower max_tokens.",
-                    code="per_request_cap_exceeded",
-                )
-        else:
-            budget = _budget(key)
-            chosen = min(
-                default_max_tokens,
-                metering.affordable_output_tokens(model, prompt_tokens, budget, n),
+        raise _refuse(metering.hold_for(model, req.prompt_tokens, req.n), "there is no wallet")
+    if req.max_tokens is not None:
+        amount = metering.hold_for(model, req.prompt_tokens, req.max_tokens * req.n)
+        cap = key.max_cost_per_request_micros
+        if cap is not None and amount > cap:
+            raise RelayError(
+                403,
+                f"This request could cost up to {format_usd(amount)}, over this key's "
+                f"per-request cap of {format_usd(cap)}. Lower max_tokens.",
+                code="per_request_cap_exceeded",
             )
-            if chosen < 1:
-                needed = metering.hold_for(model, prompt_tokens, n)
-                raise _refuse(needed, f"{format_usd(budget)} is available to this key")
-            amount = metering.hold_for(model, prompt_tokens, chosen * n)
+        return amount, req.max_tokens
+    assert budget is not None
+    chosen = min(
+        req.default_max_tokens,
+        metering.affordable_output_tokens(model, req.prompt_tokens, budget, req.n),
+    )
+    if chosen < 1:
+        needed = metering.hold_for(model, req.prompt_tokens, req.n)
+        raise _refuse(needed, f"{format_usd(budget)} is available to this key")
+    return metering.hold_for(model, req.prompt_tokens, chosen * req.n), chosen
+
+
+def refused(amount: int, reason: str) -> RelayError:
+    return _refuse(amount, reason)
+
+
+WALLET_SHORT = "the balance cannot cover it"
+CREDIT_LIMIT_REACHED = "the key's credit limit is reached"
+
+
+def _budget(key: KeyInfo) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(BUDGET_SQL, [key.wallet_id, key.token_id])
+        available, credit_left = cursor.fetchone()
+    return budget_from(key, available, credit_left)
+
+
+BUDGET_SQL = (
+    "SELECT (SELECT balance_micros - held_micros FROM billing_wallet WHERE id = %s),"
+    " (SELECT credit_limit_micros - credit_used_micros FROM accounts_apitoken WHERE id = %s)"
+)
+
+
+def reserve(req: HoldRequest) -> Reservation:
+    """Hold the worst-case cost of the call with the ORM (the path for SQLite), or refuse it."""
+    for attempt in range(2):
+        amount, chosen = plan_hold(req, _budget(req.key) if req.needs_budget else None)
         try:
             hold_acquire(
-                request_id=request_id,
-                wallet_id=key.wallet_id,
+                request_id=req.request_id,
+                wallet_id=req.key.wallet_id,
                 amount_micros=amount,
-                api_token_id=key.token_id,
-                token_credit_limited=key.credit_limited,
+                api_token_id=req.key.token_id,
+                token_credit_limited=req.key.credit_limited,
                 ttl_seconds=settings.RELAY_HOLD_TTL_SECONDS,
             )
         except InsufficientCredit as exc:
-            if max_tokens is None and attempt == 0:
+            if req.needs_budget and attempt == 0:
                 continue  # another call took the money between our read and our hold: re-read
-            raise _refuse(amount, exc.message) from exc
-        return Reservation(hold_micros=amount, max_tokens=None if max_tokens else chosen)
-    raise _refuse(amount, "the balance changed while reserving")  # pragma: no cover
+            reason = CREDIT_LIMIT_REACHED if "credit limit" in exc.message else WALLET_SHORT
+            raise refused(amount, reason) from exc
+        return Reservation(hold_micros=amount, max_tokens=chosen if req.needs_budget else None)
+    raise refused(amount, "the balance changed while reserving")
 
 
 @dataclass
@@ -148,11 +171,61 @@ class Outcome:
     quota_tokens_tracked: bool = False
 
 
-def settle(outcome: Outcome) -> int:
-    """Release the hold, debit the cost and write the log row, in one transaction."""
+def last_used_due(token_id: int) -> bool:
+    """At most one last_used_at write a minute per key and process."""
+    now = time.monotonic()
+    if now - _last_used_written.get(token_id, float("-inf")) >= LAST_USED_INTERVAL_SECONDS:
+        _last_used_written[token_id] = now
+        return True
+    return False
+
+
+def log_row(outcome: Outcome, now) -> dict:
+    """The request log row's columns (by attname), cost excluded: the settlement decides it."""
     duration_ms = round((time.monotonic() - outcome.started) * 1000)
     key = outcome.key
+    return {
+        "request_id": outcome.request_id,
+        "created_at": now - timedelta(milliseconds=duration_ms),
+        "user_id": key.owner_id,
+        "organization_id": key.organization_id,
+        "api_token_id": key.token_id,
+        "token_name": key.name,
+        "group_id": key.group_id,
+        "group_name": key.group_name,
+        "model_id": outcome.model_id,
+        "upstream_model": outcome.upstream_model,
+        "call_type": outcome.call_type,
+        "endpoint": outcome.endpoint,
+        "is_stream": outcome.is_stream,
+        "status_code": outcome.status_code,
+        "duration_ms": duration_ms,
+        "ttft_ms": outcome.ttft_ms,
+        "prompt_tokens": outcome.usage.prompt_tokens,
+        "completion_tokens": outcome.usage.completion_tokens,
+        "cached_tokens": outcome.usage.cached_tokens,
+        "channel_id": outcome.channel_id,
+        "channel_name": outcome.channel_name,
+        "attempts": outcome.attempts,
+        "error_code": outcome.error_code,
+        "error_message": outcome.error_message[:2000],
+        "client_ip": outcome.client_ip,
+        "request_params": outcome.request_params,
+        "response_excerpt": outcome.response_excerpt[:500],
+    }
+
+
+def quota_tokens_of(outcome: Outcome) -> int:
+    if not outcome.quota_tokens_tracked:
+        return 0
+    return outcome.usage.prompt_tokens + outcome.usage.completion_tokens
+
+
+def settle(outcome: Outcome) -> int:
+    """Release the hold, debit the cost and write the log row in one transaction (ORM path)."""
+    key = outcome.key
     now = timezone.now()
+    row = log_row(outcome, now)
     with transaction.atomic():
         charged = 0
         if outcome.hold_micros or outcome.cost_micros:
@@ -163,46 +236,19 @@ def settle(outcome: Outcome) -> int:
                 cost_micros=outcome.cost_micros,
                 api_token_id=key.token_id,
                 token_credit_limited=key.credit_limited,
-                description=f"{outcome.model_id} via {key.name}",
+                description=description_of(outcome),
             )
         token_updates = {}
-        tokens = outcome.usage.prompt_tokens + outcome.usage.completion_tokens
-        if outcome.quota_tokens_tracked and tokens:
+        tokens = quota_tokens_of(outcome)
+        if tokens:
             token_updates["quota_used_tokens"] = F("quota_used_tokens") + tokens
-        last = _last_used_written.get(key.token_id, 0.0)
-        if time.monotonic() - last >= LAST_USED_INTERVAL_SECONDS:
-            _last_used_written[key.token_id] = time.monotonic()
+        if last_used_due(key.token_id):
             token_updates["last_used_at"] = now
         if token_updates:
             ApiToken.objects.filter(pk=key.token_id).update(**token_updates)
-        request_log_create(
-            request_id=outcome.request_id,
-            created_at=now - timedelta(milliseconds=duration_ms),
-            user_id=key.owner_id,
-            organization_id=key.organization_id,
-            api_token_id=key.token_id,
-            token_name=key.name,
-            group_id=key.group_id,
-            group_name=key.group_name,
-            model_id=outcome.model_id,
-            upstream_model=outcome.upstream_model,
-            call_type=outcome.call_type,
-            endpoint=outcome.endpoint,
-            is_stream=outcome.is_stream,
-            status_code=outcome.status_code,
-            duration_ms=duration_ms,
-            ttft_ms=outcome.ttft_ms,
-            prompt_tokens=outcome.usage.prompt_tokens,
-            completion_tokens=outcome.usage.completion_tokens,
-            cached_tokens=outcome.usage.cached_tokens,
-            cost_micros=charged,
-            channel_id=outcome.channel_id,
-            channel_name=outcome.channel_name,
-            attempts=outcome.attempts,
-            error_code=outcome.error_code,
-            error_message=outcome.error_message[:2000],
-            client_ip=outcome.client_ip,
-            request_params=outcome.request_params,
-            response_excerpt=outcome.response_excerpt[:500],
-        )
+        request_log_create(**row, cost_micros=charged)
     return charged
+
+
+def description_of(outcome: Outcome) -> str:
+    return f"{outcome.model_id} via {outcome.key.name}"

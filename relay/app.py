@@ -5,7 +5,7 @@ import logging
 
 from django.conf import settings
 
-from relay import db, metering, upstream, views
+from relay import db, metering, pg, upstream, views
 from relay.http import ClientDisconnected, Receive, RelayError, Request, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class RelayApp:
             self._scheduler = None
         self._started = False
         await upstream.close_clients()
+        await pg.close()
         await asyncio.get_running_loop().run_in_executor(None, db.shutdown)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:

@@ -840,9 +840,13 @@ def _gemini_generate(call: _Call, stream: bool) -> Reply:
 class MockApp:
     """Turns a parsed request into a `Reply`. Synchronous and pure but for the statistics."""
 
-    def __init__(self, latency_ms: int = 0, chunk_delay_ms: int = 0) -> None:
+    def __init__(
+        self, latency_ms: int = 0, chunk_delay_ms: int = 0, chunks: int = DEFAULT_CHUNKS
+    ) -> None:
         self.latency_ms = latency_ms
         self.chunk_delay_ms = chunk_delay_ms
+        # Reply length when no x-mock-chunks header says otherwise (a relay drops client headers).
+        self.chunks = chunks
         self.stats = Stats()
         self._seq = 0
 
@@ -879,7 +883,7 @@ class MockApp:
         headers = request.headers
         latency = _header_int(headers, "x-mock-latency-ms", self.latency_ms, 600_000)
         chunk_delay = _header_int(headers, "x-mock-chunk-delay-ms", self.chunk_delay_ms, 600_000)
-        chunks = _header_int(headers, "x-mock-chunks", DEFAULT_CHUNKS, 100_000)
+        chunks = _header_int(headers, "x-mock-chunks", self.chunks, 100_000)
         reply = self._route(request, family, record, chunks)
         reply.latency_ms = latency
         reply.chunk_delay_ms = chunk_delay
@@ -1273,8 +1277,10 @@ class _Connection(asyncio.Protocol):
 class MockServer:
     """The listening socket plus its application and live connections, on the running loop."""
 
-    def __init__(self, latency_ms: int = 0, chunk_delay_ms: int = 0) -> None:
-        self.app = MockApp(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms)
+    def __init__(
+        self, latency_ms: int = 0, chunk_delay_ms: int = 0, chunks: int = DEFAULT_CHUNKS
+    ) -> None:
+        self.app = MockApp(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks)
         self.connections: set[_Connection] = set()
         self.host = ""
         self.port = 0
@@ -1304,11 +1310,12 @@ async def serve(
     latency_ms: int = 0,
     chunk_delay_ms: int = 0,
     *,
+    chunks: int = DEFAULT_CHUNKS,
     ready: Callable[[MockServer], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until `stop` is set (or forever / until cancelled). `ready` gets the bound server."""
-    server = MockServer(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms)
+    server = MockServer(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks)
     await server.start(host, port)
     try:
         if ready is not None:
@@ -1331,6 +1338,7 @@ def run(
     latency_ms: int = 0,
     chunk_delay_ms: int = 0,
     *,
+    chunks: int = DEFAULT_CHUNKS,
     announce: Callable[[str], None] | None = None,
 ) -> None:
     """Serve in the foreground until SIGINT or SIGTERM; both end it cleanly. Raises OSError when
@@ -1351,7 +1359,9 @@ def run(
                 )
 
         try:
-            await serve(host, port, latency_ms, chunk_delay_ms, ready=on_ready, stop=stop)
+            await serve(
+                host, port, latency_ms, chunk_delay_ms, chunks=chunks, ready=on_ready, stop=stop
+            )
         finally:
             # Hand SIGINT back to Python (KeyboardInterrupt) for whoever runs after us.
             for signum in signals:
@@ -1535,17 +1545,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--chunk-delay-ms", type=int, default=0)
+    parser.add_argument("--chunks", type=int, default=DEFAULT_CHUNKS, help="reply length")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error(f"--port must be between 1 and 65535, got {args.port}")
     if args.latency_ms < 0 or args.chunk_delay_ms < 0:
         parser.error("--latency-ms and --chunk-delay-ms must not be negative")
+    if args.chunks < 1:
+        parser.error("--chunks must be at least 1")
     try:
         run(
             args.host,
             args.port,
             args.latency_ms,
             args.chunk_delay_ms,
+            chunks=args.chunks,
             announce=lambda line: print(line, flush=True),
         )
     except OSError as exc:

@@ -12,7 +12,7 @@ import orjson
 from django.conf import settings
 
 from catalog.services import channel_record_failure, channel_record_success
-from relay import accounting, db, keys, metering, routing
+from relay import accounting, db, keys, metering, pg, routing
 from relay.accounting import Outcome
 from relay.adapters import UpstreamRequest, adapter_for
 from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
@@ -275,8 +275,7 @@ class Call:
             )
         else:
             requested, default_max = 0, 0
-        reservation = await db.run(
-            accounting.reserve,
+        hold_request = accounting.HoldRequest(
             request_id=self.request.request_id,
             key=self.key,
             model=model,
@@ -285,6 +284,10 @@ class Call:
             n=n,
             default_max_tokens=default_max,
         )
+        if pg.enabled():
+            reservation = await pg.reserve(hold_request)
+        else:
+            reservation = await db.run(accounting.reserve, hold_request)
         self.outcome.hold_micros = reservation.hold_micros
         if self.endpoint.has_output:
             self.max_tokens = reservation.max_tokens or requested
@@ -534,14 +537,20 @@ async def generation(request: Request, endpoint: Endpoint) -> None:
             call.outcome.error_message = "The client closed the connection before the answer."
     finally:
         # Shielded: settlement must finish even when the client is gone or the server stops.
-        await asyncio.shield(db.run(accounting.settle, call.outcome))
+        await asyncio.shield(settle(call.outcome))
+
+
+async def settle(outcome: Outcome) -> int:
+    if pg.enabled():
+        return await pg.settle(outcome)
+    return await db.run(accounting.settle, outcome)
 
 
 async def _log_error(call: Call, error: RelayError) -> None:
     call.outcome.status_code = error.status
     call.outcome.error_code = error.code or ""
     call.outcome.error_message = error.message
-    await asyncio.shield(db.run(accounting.settle, call.outcome))
+    await asyncio.shield(settle(call.outcome))
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -104,14 +104,36 @@ def relay_role(django_db_setup, django_db_blocker):
     return RELAY_ROLE
 
 
-@pytest.fixture(scope="session")
-def relay(relay_role, tmp_path_factory):
+def _relay_server(tmp_path_factory, name: str, **env: str):
     # No catalog cache: each test's fresh models and channels are seen at once.
-    server = RelayServer(
-        tmp_path_factory.mktemp("relay") / "relay.log", RELAY_CATALOG_CACHE_SECONDS="0"
+    return RelayServer(
+        tmp_path_factory.mktemp(name) / "relay.log", RELAY_CATALOG_CACHE_SECONDS="0", **env
     ).start()
+
+
+@pytest.fixture(scope="session")
+def relay_server_sql(relay_role, tmp_path_factory):
+    server = _relay_server(tmp_path_factory, "relay-sql")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def relay_server_orm(relay_role, tmp_path_factory):
+    """The relay on its ORM path (what SQLite uses), to hold it to the same books."""
+    server = _relay_server(tmp_path_factory, "relay-orm", RELAY_SQL_FAST_PATH="false")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay(relay_server_sql):
+    return relay_server_sql
+
+
+def both_paths(request):
+    """For a module's `relay` fixture: run its tests on the SQL path and on the ORM path."""
+    return request.getfixturevalue(f"relay_server_{request.param}")
 
 
 @pytest.fixture(scope="session")

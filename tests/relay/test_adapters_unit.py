@@ -120,7 +120,9 @@ CONVERSATION = [
 
 
 @pytest.mark.parametrize(
-    ("adapter", "provider"), [(ANTHROPIC, "Anthropic"), (GEMINI, "Gemini")], ids=["anthropic", "gemini"]
+    ("adapter", "provider"),
+    [(ANTHROPIC, "Anthropic"), (GEMINI, "Gemini")],
+    ids=["anthropic", "gemini"],
 )
 @pytest.mark.parametrize("endpoint", ["completions", "embeddings"])
 def test_endpoints_other_than_chat_are_refused_as_not_implemented(adapter, provider, endpoint):
@@ -256,7 +258,9 @@ def test_an_anthropic_channel_refuses_more_than_one_choice():
         anthropic_request(body)
 
     assert (excinfo.value.status, excinfo.value.param) == (400, "n")
-    assert excinfo.value.message == "Anthropic channels return one choice per request: 'n' must be 1."
+    assert (
+        excinfo.value.message == "Anthropic channels return one choice per request: 'n' must be 1."
+    )
 
 
 @pytest.mark.parametrize(

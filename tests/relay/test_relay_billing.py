@@ -8,9 +8,15 @@ import pytest
 from billing.models import Hold, Wallet
 from billing.selectors import wallet_ledger_sum_micros
 from billing.services import holds_release_expired
-from tests.relay.conftest import chat, wait_for, wait_for_logs
+from tests.relay.conftest import both_paths, chat, wait_for, wait_for_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["sql", "orm"])
+def relay(request):
+    return both_paths(request)
+
 
 # With max_tokens=100, one call holds 28 prompt tokens (our estimate with its margin) at $2.50/M
 # plus 100 output tokens at $10/M: 70 + 1000 micro-USD.

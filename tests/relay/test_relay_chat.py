@@ -6,12 +6,18 @@ from tests.relay.conftest import (
     INPUT_PRICE,
     OUTPUT_PRICE,
     add_channel,
+    both_paths,
     chat,
     wait_for_logs,
 )
 from tokenbyte.money import ceil_div
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["sql", "orm"])
+def relay(request):
+    return both_paths(request)
 
 
 def expected_cost(prompt: int, completion: int, cached: int = 0) -> int:

@@ -56,17 +56,17 @@ def relay_statements() -> list[tuple[str, int]]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT query, calls FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
-            " WHERE r.rolname = %s ORDER BY query",
+            # Top-level statements only: one per round trip (function bodies are nested).
+            " WHERE r.rolname = %s AND s.toplevel ORDER BY query",
             ["relay"],
         )
         return cursor.fetchall()
 
 
 # Database round trips of one relayed call with max_tokens set and warm key and catalog caches:
-# hold (BEGIN, wallet, hold row, COMMIT) and settlement (BEGIN, hold, wallet, ledger, log,
-# COMMIT). If this changes,
-# the relay's hot path changed: look at the statements printed on failure.
-QUERIES_PER_CALL = 10
+# the hold function, then the settlement function with the log row. If this changes, the
+# relay's hot path changed: look at the statements printed on failure.
+QUERIES_PER_CALL = 2
 
 
 def test_the_database_round_trips_of_one_relayed_call_are_pinned(make_account, cached_relay):
@@ -84,7 +84,14 @@ def test_the_database_round_trips_of_one_relayed_call_are_pinned(make_account, c
         model="gpt-test", messages=[{"role": "user", "content": "hi"}], max_tokens=20
     )
     wait_for_logs(account, 3)
+    with_max_tokens = relay_statements()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_statements_reset()")
+    client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+    wait_for_logs(account, 4)
+    without = relay_statements()
 
-    statements = relay_statements()
-    total = sum(calls for _, calls in statements)
-    assert total == QUERIES_PER_CALL, "\n".join(f"{c} × {q}" for q, c in statements)
+    total = sum(calls for _, calls in with_max_tokens)
+    assert total == QUERIES_PER_CALL, "\n".join(f"{c} × {q}" for q, c in with_max_tokens)
+    # Without max_tokens the relay first reads the budget it may spend.
+    assert sum(calls for _, calls in without) == QUERIES_PER_CALL + 1

@@ -7,10 +7,15 @@ import openai
 import pytest
 
 from relay.metering import count_text
-from tests.relay.conftest import add_channel, chat, wait_for_logs
+from tests.relay.conftest import add_channel, both_paths, chat, wait_for_logs
 from tokenbyte.money import ceil_div
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["sql", "orm"])
+def relay(request):
+    return both_paths(request)
 
 
 def cost(prompt: int, completion: int) -> int:
