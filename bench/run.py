@@ -54,6 +54,10 @@ CATALOG = {
     ]
 }  # fmt: skip
 SERVERS = {
+    "profiled": lambda port: [
+        PYTHON, str(ROOT / "bench" / "profiled_server.py"), str(port),
+        str(RESULTS / "relay.prof"),
+    ],
     "uvicorn": lambda port: [
         PYTHON, "-m", "uvicorn", "tokenbyte.asgi:application", "--host", "127.0.0.1",
         "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
@@ -292,12 +296,15 @@ def queries_per_request(services, url: str, key: str) -> float:
     result = wrk(f"{url}/v1/chat/completions", key=key, body=CHAT_BODY, connections=1,
                  duration_s=3, cpu=LOAD_CPU)  # fmt: skip
     time.sleep(1.0)  # settlements land just after the responses
-    calls = psql(
-        services,
-        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_roles r"
-        " ON r.oid = s.userid WHERE r.rolname = 'relay' AND s.toplevel"
-        " AND query NOT LIKE '%pg_stat%'",
+    where = (
+        "FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+        " WHERE r.rolname = 'relay' AND s.toplevel AND query NOT LIKE '%pg_stat%'"
     )
+    # Foreign-key checks run inside the statements that trigger them: not round trips.
+    where += " AND query NOT LIKE 'SELECT 1 FROM ONLY %'"
+    calls = psql(services, f"SELECT coalesce(sum(calls), 0) {where}")
+    top = psql(services, f"SELECT calls, left(query, 90) {where} ORDER BY calls DESC LIMIT 8")
+    log(f"{result.requests} requests; statements by calls:\n{top}")
     return round(int(calls) / result.requests, 2)
 
 
@@ -321,7 +328,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="TokenByte relay benchmark")
     parser.add_argument("--quick", action="store_true", help="shorter run (under 3 minutes)")
     parser.add_argument("--peer", choices=["litellm"], help="also measure this relay")
-    parser.add_argument("--server", choices=sorted(SERVERS), default="uvicorn")
+    parser.add_argument(
+        "--server",
+        choices=sorted(SERVERS),
+        default="uvicorn",
+        help="'profiled' runs uvicorn under cProfile (slower; for reading only)",
+    )
     parser.add_argument("--compare-servers", action="store_true", help="daphne/uvicorn/granian")
     parser.add_argument("--profile", action="store_true", help="py-spy the relay at 16 connections")
     args = parser.parse_args()
@@ -394,9 +406,8 @@ def main() -> int:
         if args.profile:
             profiler = subprocess.Popen(
                 [str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(relay_proc.pid),
-                 "--duration", str(seconds), "--format", "raw", "--rate", "500",
-                 "--output", str(RESULTS / "profile.txt"), "--nonblocking", "--idle",
-                 "--threads"],
+                 "--duration", str(seconds), "--format", "raw", "--rate", "200",
+                 "--output", str(RESULTS / "profile.txt"), "--threads"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         pids = {"tokenbyte": relay_proc.pid, **({"litellm": peer.pid} if peer else {})}
@@ -454,7 +465,7 @@ def main() -> int:
 
 def compare_servers(procs: Processes, env: dict, key: str, direct: dict, seconds: float) -> dict:
     out = {}
-    for server in SERVERS:
+    for server in (name for name in SERVERS if name != "profiled"):
         proc, url = start_relay(procs, server, env)
         log(f"server comparison: {server}")
         lat = latency_rounds(

@@ -249,17 +249,23 @@ def test_an_upstream_dying_mid_stream_ends_with_an_error_and_bills_what_was_deli
 def test_a_malformed_event_mid_stream_ends_the_stream_with_an_error_and_a_502_log(
     make_account, mock, provider
 ):
-    # The mock breaks the stream right after its first event, once the client is committed.
+    # The mock breaks the stream right after its first event: mid-stream if that event reached
+    # the client on its own, or before the first byte (a 502 answer) if both came in one read.
     provider_channel(mock, provider, model_mapping={"gpt-test": "mock-fault-malformed"})
     account = make_account("10", channel=False)
 
+    received = []
     with pytest.raises(openai.APIError) as excinfo:
-        list(chat(account, stream=True))
+        for chunk in chat(account, stream=True):
+            received.append(chunk)
 
-    assert str(excinfo.value) == "The upstream provider sent an invalid stream."
+    assert "The upstream provider sent an invalid stream." in str(excinfo.value)
     [log] = wait_for_logs(account, 1)
     assert (log.status_code, log.error_code) == (502, "invalid_upstream_response")
-    assert log.cost_micros == expected_cost(9, log.completion_tokens)
+    if received:  # mid-stream: billed for what was delivered
+        assert log.cost_micros == expected_cost(9, log.completion_tokens)
+    else:  # before the first byte: every attempt failed, nothing delivered, nothing billed
+        assert (log.attempts, log.cost_micros) == (3, 0)
 
 
 def test_embeddings_through_an_anthropic_channel_are_refused_as_not_implemented(make_account, mock):
