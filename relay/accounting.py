@@ -72,8 +72,9 @@ def plan_hold(req: HoldRequest, budget: int | None) -> tuple[int, int]:
     """(hold in micro-USD, max output tokens per choice) for a call, or a 403.
 
     With max_tokens given, the hold covers it exactly (within the per-request cap). Without, the
-    relay picks the largest max_tokens the budget covers, up to default_max_tokens, and sends
-    that upstream, so no call can cost more than its hold.
+    relay picks the largest max_tokens that `budget` covers, up to default_max_tokens, and sends
+    that upstream, so no call can cost more than its hold. `budget` None means not read yet: plan
+    for the most the per-request cap allows, and let the conditional hold say if it is there.
     """
     model, key = req.model, req.key
     if key.wallet_id is None:
@@ -89,14 +90,16 @@ def plan_hold(req: HoldRequest, budget: int | None) -> tuple[int, int]:
                 code="per_request_cap_exceeded",
             )
         return amount, req.max_tokens
-    assert budget is not None
-    chosen = min(
-        req.default_max_tokens,
-        metering.affordable_output_tokens(model, req.prompt_tokens, budget, req.n),
-    )
+    if budget is None:
+        budget = key.max_cost_per_request_micros
+    chosen = req.default_max_tokens
+    if budget is not None:
+        chosen = min(
+            chosen, metering.affordable_output_tokens(model, req.prompt_tokens, budget, req.n)
+        )
     if chosen < 1:
         needed = metering.hold_for(model, req.prompt_tokens, req.n)
-        raise _refuse(needed, f"{format_usd(budget)} is available to this key")
+        raise _refuse(needed, f"{format_usd(budget or 0)} is available to this key")
     return metering.hold_for(model, req.prompt_tokens, chosen * req.n), chosen
 
 
@@ -121,10 +124,15 @@ BUDGET_SQL = (
 )
 
 
+def hold_attempts(req: HoldRequest) -> int:
+    """Without max_tokens: first an optimistic hold, then one with the budget read."""
+    return 2 if req.needs_budget else 1
+
+
 def reserve(req: HoldRequest) -> Reservation:
     """Hold the worst-case cost of the call with the ORM (the path for SQLite), or refuse it."""
-    for attempt in range(2):
-        amount, chosen = plan_hold(req, _budget(req.key) if req.needs_budget else None)
+    for attempt in range(hold_attempts(req)):
+        amount, chosen = plan_hold(req, _budget(req.key) if attempt else None)
         try:
             hold_acquire(
                 request_id=req.request_id,
@@ -135,12 +143,10 @@ def reserve(req: HoldRequest) -> Reservation:
                 ttl_seconds=settings.RELAY_HOLD_TTL_SECONDS,
             )
         except InsufficientCredit as exc:
-            if req.needs_budget and attempt == 0:
-                continue  # another call took the money between our read and our hold: re-read
             reason = CREDIT_LIMIT_REACHED if "credit limit" in exc.message else WALLET_SHORT
-            raise refused(amount, reason) from exc
+            continue
         return Reservation(hold_micros=amount, max_tokens=chosen if req.needs_budget else None)
-    raise refused(amount, "the balance changed while reserving")
+    raise refused(amount, reason)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from relay.accounting import (
     Reservation,
     budget_from,
     description_of,
+    hold_attempts,
     last_used_due,
     log_row,
     plan_hold,
@@ -87,9 +88,9 @@ async def reserve(req: HoldRequest) -> Reservation:
     now = timezone.now()
     expires = now + timedelta(seconds=settings.RELAY_HOLD_TTL_SECONDS)
     async with (await pool()).connection() as conn:
-        for attempt in range(2):
+        for attempt in range(hold_attempts(req)):
             budget = None
-            if req.needs_budget:
+            if attempt:
                 cursor = await conn.execute(BUDGET_SQL, [key.wallet_id, key.token_id])
                 available, credit_left = await cursor.fetchone()
                 budget = budget_from(key, available, credit_left)
@@ -104,10 +105,7 @@ async def reserve(req: HoldRequest) -> Reservation:
                 return Reservation(
                     hold_micros=amount, max_tokens=chosen if req.needs_budget else None
                 )
-            if req.needs_budget and attempt == 0:
-                continue  # another call took the money between our read and our hold
-            raise refused(amount, HOLD_REFUSALS[status])
-    raise AssertionError("unreachable")
+        raise refused(amount, HOLD_REFUSALS[status])
 
 
 def _settle_sql() -> str:

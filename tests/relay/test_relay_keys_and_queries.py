@@ -93,5 +93,6 @@ def test_the_database_round_trips_of_one_relayed_call_are_pinned(make_account, c
 
     total = sum(calls for _, calls in with_max_tokens)
     assert total == QUERIES_PER_CALL, "\n".join(f"{c} × {q}" for q, c in with_max_tokens)
-    # Without max_tokens the relay first reads the budget it may spend.
-    assert sum(calls for _, calls in without) == QUERIES_PER_CALL + 1
+    # Without max_tokens the hold is optimistic (the model's maximum output): as many trips
+    # when the credit is there. A short wallet costs a budget read and a second hold.
+    assert sum(calls for _, calls in without) == QUERIES_PER_CALL
