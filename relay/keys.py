@@ -47,7 +47,9 @@ class KeyInfo:
         return self.credit_limit_micros is not None
 
 
+# digest -> (monotonic time loaded, key or None for an unknown key)
 _cache: dict[str, tuple[float, KeyInfo | None]] = {}
+_refreshing: set[str] = set()
 
 
 def _load(digest: str) -> KeyInfo | None:
@@ -81,25 +83,79 @@ def _load(digest: str) -> KeyInfo | None:
     )
 
 
-def lookup(digest: str) -> KeyInfo | None:
-    """The key for a digest, from the cache when fresh enough. Runs in a database thread."""
-    now = time.monotonic()
-    cached = _cache.get(digest)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    info = _load(digest)
+def store(digest: str, info: KeyInfo | None) -> None:
     if len(_cache) >= _MAX_CACHED_KEYS:
         _cache.clear()
-    _cache[digest] = (now + settings.RELAY_KEY_CACHE_SECONDS, info)
+    _cache[digest] = (time.monotonic(), info)
+    _refreshing.discard(digest)
+
+
+def lookup(digest: str) -> KeyInfo | None:
+    """Load a key with the ORM and cache it (the SQLite path). Runs in a database thread."""
+    info = _load(digest)
+    store(digest, info)
     return info
 
 
-def cached(digest: str) -> tuple[bool, KeyInfo | None]:
-    """(hit, info) without touching the database, so a warm key costs no thread hop."""
+# The same read in one SQL statement, for the PostgreSQL fast path (relay.pg).
+KEY_SQL = """
+SELECT t.id, t.name, t.owner_id, t.organization_id, t.group_id, coalesce(g.name, ''),
+       CASE WHEN t.organization_id IS NULL
+            THEN (SELECT w.id FROM billing_wallet w WHERE w.user_id = t.owner_id)
+            ELSE (SELECT w.id FROM billing_wallet w WHERE w.organization_id = t.organization_id)
+       END,
+       t.status, t.expires_at, u.is_blocked, u.is_active, t.allowed_models, t.allowed_ips,
+       t.max_cost_per_request_micros, t.credit_limit_micros, t.quota_tokens
+  FROM accounts_apitoken t
+  JOIN accounts_user u ON u.id = t.owner_id
+  LEFT JOIN accounts_tokengroup g ON g.id = t.group_id
+ WHERE t.digest = %s
+"""
+
+
+def from_row(row: tuple | None) -> KeyInfo | None:
+    if row is None:
+        return None
+    (token_id, name, owner_id, organization_id, group_id, group_name, wallet_id, status,
+     expires_at, blocked, active, models, ips, cap, credit_limit, quota) = row  # fmt: skip
+    return KeyInfo(
+        token_id=token_id,
+        name=name,
+        owner_id=owner_id,
+        organization_id=organization_id,
+        group_id=group_id,
+        group_name=group_name,
+        wallet_id=wallet_id,
+        status=status,
+        expires_at=expires_at,
+        owner_blocked=blocked,
+        owner_active=active,
+        allowed_models=frozenset(models or ()),
+        allowed_networks=tuple(ipaddress.ip_network(n) for n in ips or ()),
+        max_cost_per_request_micros=cap,
+        credit_limit_micros=credit_limit,
+        quota_tracked=quota is not None,
+    )
+
+
+def cached(digest: str) -> tuple[bool, KeyInfo | None, bool]:
+    """(hit, info, stale) without touching the database.
+
+    An entry is used for RELAY_KEY_CACHE_SECONDS at most, so revocation reaches every process
+    within that time. Past half of it the entry is `stale`: still served, while the caller
+    reloads it in the background, so a steady client never waits for the database.
+    """
     entry = _cache.get(digest)
-    if entry is not None and entry[0] > time.monotonic():
-        return True, entry[1]
-    return False, None
+    if entry is None:
+        return False, None, False
+    age = time.monotonic() - entry[0]
+    ttl = settings.RELAY_KEY_CACHE_SECONDS
+    if age >= ttl:
+        return False, None, False
+    stale = age >= ttl / 2 and digest not in _refreshing
+    if stale:
+        _refreshing.add(digest)
+    return True, entry[1], stale
 
 
 def presented_key(request: Request) -> str:

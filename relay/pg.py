@@ -13,6 +13,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from relay import keys
 from relay.accounting import (
     BUDGET_SQL,
     CREDIT_LIMIT_REACHED,
@@ -81,6 +82,15 @@ async def close() -> None:
     if _pool is not None:
         await _pool.close()
         _pool = None
+
+
+async def load_key(digest: str) -> keys.KeyInfo | None:
+    """Read a key in one statement on the event loop, and cache it."""
+    async with (await pool()).connection() as conn:
+        cursor = await conn.execute(keys.KEY_SQL, [digest])
+        info = keys.from_row(await cursor.fetchone())
+    keys.store(digest, info)
+    return info
 
 
 async def reserve(req: HoldRequest) -> Reservation:

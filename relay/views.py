@@ -68,10 +68,18 @@ async def authenticate(request: Request) -> keys.KeyInfo:
     if not presented:
         raise keys.missing_key_error()
     digest = keys.digest_of(presented)
-    hit, info = keys.cached(digest)
+    hit, info, stale = keys.cached(digest)
     if not hit:
-        info = await db.run(keys.lookup, digest)
+        info = await load_key(digest)
+    elif stale:
+        spawn(load_key(digest))
     return keys.check(info, request)
+
+
+async def load_key(digest: str) -> keys.KeyInfo | None:
+    if pg.enabled():
+        return await pg.load_key(digest)
+    return await db.run(keys.lookup, digest)
 
 
 _refreshing: asyncio.Task | None = None
