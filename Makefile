@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MOCK_PORT ?= 8001
 
-.PHONY: run test lint format os-packages-test os-packages-run migrate
+.PHONY: run test bench lint format os-packages-test os-packages-bench
 
 $(VENV)/.installed-base: requirements/base.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,13 @@ $(VENV)/.installed-base: requirements/base.txt
 $(VENV)/.installed-dev: $(VENV)/.installed-base requirements/dev.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-dev requirements/bench.txt
+	$(PY) -m pip install --quiet -r requirements/bench.txt
+	touch $@
+
+os-packages-bench:
+	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server wrk:wrk
 
 os-packages-test:
 	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server chromium:chromium
@@ -32,6 +39,11 @@ run: $(VENV)/.installed-base
 
 test: os-packages-test $(VENV)/.installed-dev
 	$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
+
+# make bench [QUICK=1] [PEER=litellm] [SERVERS=1]: writes bench/results/latest.{json,md,png}
+bench: os-packages-bench $(VENV)/.installed-bench
+	$(PY) bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) \
+		$(if $(SERVERS),--compare-servers)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -301,7 +301,7 @@ def queries_per_request(services, url: str, key: str) -> float:
         " WHERE r.rolname = 'relay' AND s.toplevel AND query NOT LIKE '%pg_stat%'"
     )
     # Foreign-key checks run inside the statements that trigger them: not round trips.
-    where += " AND query NOT LIKE 'SELECT 1 FROM ONLY %'"
+    where += " AND query NOT LIKE 'SELECT % FROM ONLY %'"
     calls = psql(services, f"SELECT coalesce(sum(calls), 0) {where}")
     top = psql(services, f"SELECT calls, left(query, 90) {where} ORDER BY calls DESC LIMIT 8")
     log(f"{result.requests} requests; statements by calls:\n{top}")
@@ -347,6 +347,7 @@ def main() -> int:
     os.sched_setaffinity(0, {int(LOAD_CPU)})  # the stream client and wrk run on the load core
     services = load_services()
     procs = Processes()
+    peers: list = []
     started = time.monotonic()
     try:
         urls = services.start()
@@ -388,9 +389,8 @@ def main() -> int:
                 proxy = LiteLLMProxy(litellm_bin=litellm_bin, upstream_base_url=mocks[model],
                                      model=model, port=free_port(), cpu=RELAY_CPU,
                                      workdir=RESULTS / f"litellm-{model}")  # fmt: skip
+                peers.append(proxy)
                 proxy.start()
-                procs.procs.append(proxy.process)
-                proxy.process.log_file = open(os.devnull, "w")  # noqa: SIM115
                 root = proxy.base_url.removesuffix("/v1")
                 peer_targets[model] = {"litellm": (root, proxy.api_key)}
                 peer = peer or proxy
@@ -459,6 +459,8 @@ def main() -> int:
         print((RESULTS / "latest.md").read_text())
         return 0
     finally:
+        for proxy in peers:
+            proxy.stop()
         procs.stop_all()
         services.stop()
 

@@ -84,7 +84,6 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "daphne",
     "tokenbyte.apps.TokenByteAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
