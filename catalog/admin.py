@@ -134,6 +134,20 @@ class ChannelForm(forms.ModelForm):
         return super().save(commit=commit)
 
 
+HEALTH_FIELDS = (
+    "failure_count",
+    "failure_window_started_at",
+    "total_failures",
+    "cooldown_until",
+    "last_failure_at",
+    "last_error",
+    "last_success_at",
+    "last_test_latency_ms",
+    "last_tested_at",
+    "created_at",
+)
+
+
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
     form = ChannelForm
@@ -156,42 +170,13 @@ class ChannelAdmin(admin.ModelAdmin):
     search_fields = ("name", "base_url")
     filter_horizontal = ("served_models",)
     # Health fields are written by the relay and the health probe.
-    readonly_fields = (
-        "api_key_set",
-        "status_changed_at",
-        "failure_count",
-        "failure_window_started_at",
-        "total_failures",
-        "cooldown_until",
-        "last_failure_at",
-        "last_error",
-        "last_success_at",
-        "last_test_latency_ms",
-        "last_tested_at",
-        "created_at",
-    )
+    readonly_fields = ("api_key_set", "status_changed_at", *HEALTH_FIELDS)
     fieldsets = (
         (None, {"fields": ("name", "type", "provider", "base_url", "api_key_set", "new_api_key")}),
         ("Routing", {"fields": ("served_models", "model_mapping", "priority", "weight")}),
         ("Status", {"fields": ("status", "status_reason", "status_changed_at")}),
         ("Timeouts (seconds)", {"fields": ("connect_timeout_seconds", "read_timeout_seconds")}),
-        (
-            "Health",
-            {
-                "fields": (
-                    "failure_count",
-                    "failure_window_started_at",
-                    "total_failures",
-                    "cooldown_until",
-                    "last_failure_at",
-                    "last_error",
-                    "last_success_at",
-                    "last_test_latency_ms",
-                    "last_tested_at",
-                    "created_at",
-                )
-            },
-        ),
+        ("Health", {"fields": HEALTH_FIELDS}),
     )
     actions = ("test_channel",)
 
