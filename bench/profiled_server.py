@@ -23,7 +23,7 @@ def main() -> None:
         os._exit(0)
 
     config = uvicorn.Config(
-        "tokenbyte.asgi:application", host="127.0.0.1", port=port, loop="uvloop",
+        "relay.asgi:application", host="127.0.0.1", port=port, loop="uvloop",
         http="httptools", access_log=False, log_level="warning", lifespan="on",
     )  # fmt: skip
     server = uvicorn.Server(config)

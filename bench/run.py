@@ -59,18 +59,18 @@ SERVERS = {
         str(RESULTS / "relay.prof"),
     ],
     "uvicorn": lambda port: [
-        PYTHON, "-m", "uvicorn", "tokenbyte.asgi:application", "--host", "127.0.0.1",
+        PYTHON, "-m", "uvicorn", "relay.asgi:application", "--host", "127.0.0.1",
         "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
         "--log-level", "warning", "--lifespan", "on",
     ],
     "granian": lambda port: [
         str(Path(PYTHON).parent / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
         "--port", str(port), "--loop", "uvloop", "--no-ws", "--log-level", "warning",
-        "tokenbyte.asgi:application",
+        "relay.asgi:application",
     ],
     "daphne": lambda port: [
         str(Path(PYTHON).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0",
-        "tokenbyte.asgi:application",
+        "relay.asgi:application",
     ],
 }  # fmt: skip
 

@@ -1,0 +1,3 @@
+"""No Django URLs: a relay-only process answers every path through the relay app."""
+
+urlpatterns: list = []
