@@ -26,7 +26,7 @@ os-packages-bench:
 	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server wrk:wrk
 
 os-packages-test:
-	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server chromium:chromium
+	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server
 
 # The demo channel points at the bundled mock upstream, started here beside the server.
 run: $(VENV)/.installed-base
