@@ -6,7 +6,15 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from accounts.models import ApiToken, Invitation, Membership, Organization, TokenGroup, User
-from accounts.services import api_token_set_status
+from accounts.services import (
+    LIMIT_COUNTERS,
+    api_token_set_group,
+    api_token_set_status,
+    limits_save,
+    quota_reset,
+    quota_schedule,
+    user_time_zone_changed,
+)
 from tokenbyte.admin_site import ViewOnlyAdmin
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import format_usd
@@ -89,6 +97,12 @@ class UserAdmin(BaseUserAdmin):
     ordering = ("email",)
     readonly_fields = ("last_login", "date_joined")
 
+    def save_model(self, request: HttpRequest, obj: User, form: forms.ModelForm, change: bool):
+        super().save_model(request, obj, form, change)
+        if change and "time_zone" in form.changed_data:
+            # Scheduled quota resets follow the owner's local midnight.
+            user_time_zone_changed(user=obj)
+
 
 class MembershipInline(admin.TabularInline):
     model = Membership
@@ -170,21 +184,49 @@ LIMIT_FIELDSETS = (
                 "quota_last_reset_at",
                 "quota_next_reset_at",
                 "alert_thresholds",
+                "quota_alerted_percent",
             )
         },
     ),
 )
-# Counters the relay moves with conditional updates as it reserves and settles calls.
-LIMIT_COUNTERS = (
-    "quota_used_tokens",
-    "credit_used_micros",
-    "quota_last_reset_at",
-    "quota_next_reset_at",
-)
+
+
+class LimitsAdminMixin:
+    """Saves only what the form changed, through the service: the counters the relay moves
+    concurrently are never written from the copy the form was built on, and a changed reset
+    period reschedules the next reset. Adds the manual quota reset action."""
+
+    limits_noun = "key"
+
+    def save_model(self, request: HttpRequest, obj, form: forms.ModelForm, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            quota_schedule(obj=obj)
+            return
+        limits_save(obj=obj, fields=[f for f in form.changed_data if f != "group"])
+
+    @admin.action(description="Reset the token quota now", permissions=["change"])
+    def reset_quotas(self, request: HttpRequest, queryset: QuerySet) -> None:
+        noun = self.limits_noun
+        count = 0
+        for obj in queryset.filter(quota_tokens__isnull=False).order_by("pk"):
+            quota_reset(obj=obj)
+            count += 1
+        skipped = queryset.filter(quota_tokens__isnull=True).count()
+        if count:
+            self.message_user(
+                request, f"Reset the token quota of {_plural(count, noun)}.", messages.SUCCESS
+            )
+        if skipped:
+            verb = "has" if skipped == 1 else "have"
+            self.message_user(
+                request, f"{_plural(skipped, noun)} {verb} no token quota.", messages.WARNING
+            )
 
 
 @admin.register(TokenGroup)
-class TokenGroupAdmin(admin.ModelAdmin):
+class TokenGroupAdmin(LimitsAdminMixin, admin.ModelAdmin):
+    limits_noun = "group"
     list_display = (
         "name",
         "owner",
@@ -201,7 +243,8 @@ class TokenGroupAdmin(admin.ModelAdmin):
     search_fields = ("name", "=owner__email", "=organization__slug")
     search_help_text = "Group name, the owner's exact email or the organization's slug"
     raw_id_fields = ("owner", "organization")
-    readonly_fields = (*LIMIT_COUNTERS, "created_at")
+    readonly_fields = (*sorted(LIMIT_COUNTERS), "created_at")
+    actions = ("reset_quotas",)
     fieldsets = (
         (None, {"fields": ("name", "description", "owner", "organization", "created_at")}),
         *LIMIT_FIELDSETS,
@@ -224,8 +267,20 @@ class TokenGroupAdmin(admin.ModelAdmin):
         return format_usd(obj.credit_used_micros)
 
 
+class ApiTokenAdminForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ("group",)  # the fieldsets below add the rest
+
+    def clean_group(self) -> TokenGroup | None:
+        group = self.cleaned_data.get("group")
+        if group is not None and group.owner_id != self.instance.owner_id:
+            raise forms.ValidationError("The group belongs to someone else.")
+        return group
+
+
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(LimitsAdminMixin, admin.ModelAdmin):
     """Keys are created where the plaintext can be shown once (console, create_api_key).
 
     The digest is never displayed. Status changes go through the actions, which call the service
@@ -248,16 +303,16 @@ class ApiTokenAdmin(admin.ModelAdmin):
     search_fields = ("name", "^prefix", "=owner__email")
     search_help_text = "Key name, key prefix (sk-…) or the owner's exact email"
     raw_id_fields = ("owner", "organization", "group")
+    form = ApiTokenAdminForm
     # Allowlists are checked by api_token_create's cleaning rules; the console edits them.
     readonly_fields = (
         "prefix",
         "owner",
         "organization",
-        "group",
         "status",
         "allowed_models",
         "allowed_ips",
-        *LIMIT_COUNTERS,
+        *sorted(LIMIT_COUNTERS),
         "created_at",
         "last_used_at",
         "revoked_at",
@@ -281,7 +336,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
             },
         ),
     )
-    actions = ("disable_keys", "enable_keys", "revoke_keys")
+    actions = ("disable_keys", "enable_keys", "revoke_keys", "reset_quotas")
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form, change: bool) -> None:
+        if change and "group" in form.changed_data:
+            api_token_set_group(token=obj, group=form.cleaned_data["group"])
+        super().save_model(request, obj, form, change)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -162,6 +162,8 @@ class LimitsMixin(models.Model):
     credit_used_micros = models.BigIntegerField(default=0)
     # Percentages of the quota at which the owner is alerted.
     alert_thresholds = models.JSONField(default=default_alert_thresholds, blank=True)
+    # The highest threshold already alerted in this quota period (0 = none); a reset clears it.
+    quota_alerted_percent = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         abstract = True

@@ -1,14 +1,19 @@
 import hashlib
 import ipaddress
+import logging
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
-from accounts.models import ApiToken, Organization, QuotaReset, TokenGroup, User
+from accounts.models import ApiToken, LimitsMixin, Organization, QuotaReset, TokenGroup, User
 from tokenbyte.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "sk-"
 # Characters of the key kept for display: "sk-" plus the first 8 of its random part.
@@ -89,6 +94,9 @@ def token_group_create(
         name=name,
         quota_tokens=quota_tokens,
         quota_reset=quota_reset,
+        quota_next_reset_at=quota_next_reset(
+            period=quota_reset, time_zone=owner.time_zone, after=timezone.now()
+        ),
         credit_limit_micros=credit_limit_micros,
         rpm=rpm,
         tpm=tpm,
@@ -148,6 +156,9 @@ def api_token_create(
         rpd=rpd,
         quota_tokens=quota_tokens,
         quota_reset=quota_reset,
+        quota_next_reset_at=quota_next_reset(
+            period=quota_reset, time_zone=owner.time_zone, after=timezone.now()
+        ),
         max_cost_per_request_micros=max_cost_per_request_micros,
         credit_limit_micros=credit_limit_micros,
         expires_at=expires_at,
@@ -173,6 +184,204 @@ def api_token_set_status(*, token: ApiToken, status: str) -> bool:
         for attr, value in fields.items():
             setattr(token, attr, value)
     return bool(changed)
+
+
+def api_token_set_group(*, token: ApiToken, group: TokenGroup | None) -> bool:
+    """Move a key into a group (or out of any). Returns whether anything changed.
+
+    The key keeps its own counters and history: its request logs keep the group they were made
+    in, its open holds settle against the group they reserved from, and the old group keeps the
+    usage the key already spent there.
+    """
+    if group is not None and group.owner_id != token.owner_id:
+        raise ApplicationError("the group belongs to someone else")
+    rows = ApiToken.objects.filter(pk=token.pk)
+    if group is None:
+        changed = rows.filter(group_id__isnull=False).update(group=None)
+    else:
+        changed = rows.exclude(group_id=group.pk).update(group=group)
+    if not changed:
+        return False
+    token.group = group
+    return True
+
+
+# --- token quota periods -------------------------------------------------------------------------
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        logger.warning("unknown time zone %r, quota periods fall back to UTC", name)
+        return ZoneInfo("UTC")
+
+
+def quota_next_reset(*, period: str, time_zone: str, after: datetime) -> datetime | None:
+    """The first period boundary strictly after `after`, in UTC; None for manual resets.
+
+    Boundaries are local midnights of the owner's time zone: every day (daily), Monday (weekly,
+    ISO weeks) or the first of the month (monthly). A midnight that a DST change skips resolves
+    to the first instant of that local day.
+    """
+    if period == QuotaReset.MANUAL:
+        return None
+    zone = _zone(time_zone)
+    today = after.astimezone(zone).date()
+    if period == QuotaReset.DAILY:
+        day = today + timedelta(days=1)
+    elif period == QuotaReset.WEEKLY:
+        day = today + timedelta(days=7 - today.weekday())
+    elif period == QuotaReset.MONTHLY:
+        day = date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    else:
+        raise ApplicationError(f"quota reset must be one of {', '.join(QuotaReset.values)}")
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+
+
+def quota_held_tokens(obj: LimitsMixin) -> int:
+    """Tokens that calls in flight hold against this key's or group's quota."""
+    from billing.models import Hold  # billing depends on accounts, not the other way round
+
+    if isinstance(obj, ApiToken):
+        holds = Hold.objects.filter(status=Hold.Status.OPEN, api_token_id=obj.pk)
+        field = "token_quota_tokens"
+    else:
+        holds = Hold.objects.filter(status=Hold.Status.OPEN, group_id=obj.pk)
+        field = "group_quota_tokens"
+    return holds.aggregate(total=Sum(field))["total"] or 0
+
+
+def _quota_reset_locked(
+    model: type[LimitsMixin],
+    pk: int,
+    *,
+    period_start: datetime,
+    reschedule: bool = False,
+    next_reset_at: datetime | None = None,
+    expected_next_reset_at: datetime | None = None,
+) -> bool:
+    """Reset one quota under its row lock. The usage restarts at what calls in flight still hold,
+    so their settlements (which swap their reservation for the actual tokens) stay exact."""
+    rows = model.objects.select_for_update(of=("self",)).filter(pk=pk)
+    if expected_next_reset_at is not None:
+        # A beat fired twice (or two workers): the second finds the schedule moved on.
+        rows = rows.filter(quota_next_reset_at=expected_next_reset_at)
+    obj = rows.select_related("owner").first()
+    if obj is None:
+        return False
+    obj.quota_used_tokens = quota_held_tokens(obj)
+    obj.quota_last_reset_at = period_start
+    obj.quota_alerted_percent = 0
+    fields = ["quota_used_tokens", "quota_last_reset_at", "quota_alerted_percent"]
+    if reschedule:
+        obj.quota_next_reset_at = next_reset_at
+        fields.append("quota_next_reset_at")
+    obj.save(update_fields=fields)
+    return True
+
+
+def quota_reset(*, obj: LimitsMixin, now: datetime | None = None) -> None:
+    """Reset a key's or group's token quota by hand; its reset schedule stays as it is."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        _quota_reset_locked(type(obj), obj.pk, period_start=now)
+    obj.refresh_from_db(
+        fields=["quota_used_tokens", "quota_last_reset_at", "quota_alerted_percent"]
+    )
+
+
+def quota_reset_for_owner(*, owner: User, now: datetime | None = None) -> tuple[int, int]:
+    """Reset the quotas of all of a user's keys and groups that have one: (keys, groups)."""
+    now = now or timezone.now()
+    counts = []
+    with transaction.atomic():
+        for model in (ApiToken, TokenGroup):
+            # pk order: two resets of one owner lock rows in the same order.
+            pks = model.objects.filter(owner=owner, quota_tokens__isnull=False).order_by("pk")
+            counts.append(
+                sum(
+                    _quota_reset_locked(model, pk, period_start=now)
+                    for pk in pks.values_list("pk", flat=True)
+                )
+            )
+    return counts[0], counts[1]
+
+
+def quotas_reset_due(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Reset every scheduled quota whose period ended; returns how many were reset.
+
+    Run every minute by Celery beat (tasks.tasks.reset_due_quotas) or the relay's in-process
+    scheduler. Each reset is a conditional update on the boundary it was due at, so running it
+    twice, or on two workers at once, resets each quota once.
+    """
+    now = now or timezone.now()
+    reset = 0
+    for model in (ApiToken, TokenGroup):
+        due = (
+            model.objects.filter(quota_next_reset_at__lte=now)
+            .exclude(quota_reset=QuotaReset.MANUAL)
+            .order_by("quota_next_reset_at")
+            .values_list("pk", "quota_next_reset_at", "quota_reset", "owner__time_zone")[:limit]
+        )
+        for pk, boundary, period, time_zone in due:
+            following = quota_next_reset(
+                period=period, time_zone=time_zone, after=max(now, boundary)
+            )
+            with transaction.atomic():
+                reset += _quota_reset_locked(
+                    model,
+                    pk,
+                    period_start=boundary,
+                    reschedule=True,
+                    next_reset_at=following,
+                    expected_next_reset_at=boundary,
+                )
+    return reset
+
+
+def quota_schedule(*, obj: LimitsMixin, now: datetime | None = None) -> None:
+    """Set when the quota next resets, after its period (or its owner's time zone) changed."""
+    obj.quota_next_reset_at = quota_next_reset(
+        period=obj.quota_reset, time_zone=obj.owner.time_zone, after=now or timezone.now()
+    )
+    type(obj).objects.filter(pk=obj.pk).update(quota_next_reset_at=obj.quota_next_reset_at)
+
+
+def limits_save(*, obj: LimitsMixin, fields: Iterable[str]) -> None:
+    """Save the edited settings of a key or group (admin, console) and nothing else: the
+    counters the relay moves concurrently are never written from a stale copy."""
+    fields = [f for f in fields if f not in LIMIT_COUNTERS]
+    _check_non_negative(
+        **{f: getattr(obj, f) for f in ("rpm", "tpm", "rpd", "quota_tokens") if f in fields}
+    )
+    with transaction.atomic():
+        if fields:
+            obj.save(update_fields=fields)
+        if "quota_reset" in fields:
+            quota_schedule(obj=obj)
+
+
+# The relay moves these with conditional updates; settings edits never write them.
+LIMIT_COUNTERS = frozenset(
+    {
+        "quota_used_tokens",
+        "credit_used_micros",
+        "quota_last_reset_at",
+        "quota_next_reset_at",
+        "quota_alerted_percent",
+    }
+)
+
+
+def user_time_zone_changed(*, user: User) -> None:
+    """Move the next scheduled resets of the user's keys and groups to the new local midnight."""
+    _zone(user.time_zone)
+    now = timezone.now()
+    for model in (ApiToken, TokenGroup):
+        for obj in model.objects.filter(owner=user).exclude(quota_reset=QuotaReset.MANUAL):
+            obj.owner = user
+            quota_schedule(obj=obj, now=now)
 
 
 def staff_totp_device_get_or_create(

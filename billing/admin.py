@@ -211,6 +211,7 @@ class HoldAdmin(ViewOnlyAdmin):
         "request_id",
         "wallet",
         "api_token",
+        "group",
         "amount",
         "tokens",
         "status",
@@ -218,7 +219,7 @@ class HoldAdmin(ViewOnlyAdmin):
         "expires_at",
         "closed_at",
     )
-    list_select_related = (*WALLET_OWNER_RELATED, "api_token")
+    list_select_related = (*WALLET_OWNER_RELATED, "api_token", "group")
     list_filter = ("status", "created_at")
     search_fields = ("=request_id", "=wallet__user__email", "=wallet__organization__slug")
     search_help_text = "Exact request id, owner email or organization slug"
@@ -273,6 +274,7 @@ class AlertAdmin(ViewOnlyAdmin):
         "read_at",
     )
     list_select_related = ("user",)
+    raw_id_fields = ("user", "api_token", "group", "wallet")
     list_filter = ("kind", "created_at", "emailed_at", "read_at")
     search_fields = ("=user__email", "message")
     search_help_text = "The user's exact email or words of the message"

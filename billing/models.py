@@ -22,6 +22,9 @@ class Wallet(models.Model):
     held_micros = models.BigIntegerField(default=0)
     # Alert the owner when the balance drops below this, micro-USD; null = no alert.
     low_balance_threshold_micros = models.BigIntegerField(null=True, blank=True)
+    # Set when the low-balance alert fired; a credit that lifts the balance back to the threshold
+    # clears it, so the alert fires once per crossing.
+    low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -109,8 +112,13 @@ class Hold(models.Model):
     amount_micros = models.BigIntegerField()
     # Part of amount_micros also reserved against the key's credit limit (0 = key has no limit).
     token_credit_micros = models.BigIntegerField(default=0)
-    # Tokens reserved against the key's and group's token quotas.
+    # Part of amount_micros also reserved against the group's credit limit (0 = none).
+    group_credit_micros = models.BigIntegerField(default=0)
+    # Tokens the call may use: prompt estimate + max output tokens × n.
     tokens = models.BigIntegerField(default=0)
+    # Of those, reserved against the key's token quota and the group's (0 = no quota there).
+    token_quota_tokens = models.BigIntegerField(default=0)
+    group_quota_tokens = models.BigIntegerField(default=0)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
     # After this a sweep releases it: the process that took it has died.

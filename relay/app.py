@@ -7,7 +7,7 @@ import logging
 
 from django.conf import settings
 
-from relay import db, metering, pg, upstream, views
+from relay import alerts, db, metering, pg, ratelimit, upstream, views
 from relay.http import ClientDisconnected, Receive, RelayError, Request, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class RelayApp:
             self._scheduler.cancel()
             self._scheduler = None
         self._started = False
+        await alerts.drain()
+        await ratelimit.close()
         await upstream.close_clients()
         await pg.close()
         await asyncio.get_running_loop().run_in_executor(None, db.shutdown)

@@ -72,7 +72,10 @@ def new_request_id() -> str:
 
 
 class Request:
-    __slots__ = ("body", "headers", "method", "path", "receive", "request_id", "scope", "send")
+    __slots__ = (
+        "body", "headers", "method", "out_headers", "path", "receive", "request_id", "scope",
+        "send",
+    )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -86,6 +89,8 @@ class Request:
         }
         self.request_id = new_request_id()
         self.body = b""
+        # Sent with whatever response goes out, success or error (the x-ratelimit-* headers).
+        self.out_headers: dict[str, str] | None = None
 
     @property
     def client_ip(self) -> str | None:
@@ -132,6 +137,8 @@ class Request:
 
     def _headers(self, content_type: bytes, extra: dict[str, str] | None) -> list:
         headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
+        if self.out_headers:
+            extra = {**self.out_headers, **(extra or {})}
         if extra:
             headers.extend(
                 (k.encode("latin-1"), str(v).encode("latin-1")) for k, v in extra.items()
@@ -139,13 +146,24 @@ class Request:
         return headers
 
     async def respond_json(
-        self, status: int, data: object, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        data: object,
+        headers: dict[str, str] | None = None,
+        *,
+        more: bool = False,
     ) -> None:
-        await self.respond_bytes(status, orjson.dumps(data), headers)
+        await self.respond_bytes(status, orjson.dumps(data), headers, more=more)
 
     async def respond_bytes(
-        self, status: int, body: bytes, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        more: bool = False,
     ) -> None:
+        """Answer with `body`; with `more`, the response stays open until end_stream()."""
         await self.send(
             {
                 "type": "http.response.start",
@@ -153,7 +171,7 @@ class Request:
                 "headers": self._headers(b"application/json", headers),
             }
         )
-        await self.send({"type": "http.response.body", "body": body})
+        await self.send({"type": "http.response.body", "body": body, "more_body": more})
 
     async def respond_error(self, error: RelayError) -> None:
         await self.respond_json(error.status, error.body(), error.headers)

@@ -39,12 +39,69 @@ class KeyInfo:
     allowed_networks: tuple
     max_cost_per_request_micros: int | None
     credit_limit_micros: int | None
-    # Whether calls count tokens against a quota (the key's or its group's).
-    quota_tracked: bool
+    # Limits: None means none. The group's apply to every key in it, on top of the key's own.
+    quota_tokens: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    group_quota_tokens: int | None = None
+    group_credit_limit_micros: int | None = None
+    group_rpm: int | None = None
+    group_tpm: int | None = None
+    group_rpd: int | None = None
+    # Percentages of the quotas at which the owner is alerted.
+    alert_thresholds: tuple[int, ...] = ()
+    group_alert_thresholds: tuple[int, ...] = ()
+    low_balance_threshold_micros: int | None = None
 
     @property
     def credit_limited(self) -> bool:
         return self.credit_limit_micros is not None
+
+    @property
+    def quota_limited(self) -> bool:
+        return self.quota_tokens is not None
+
+    @property
+    def group_quota_limited(self) -> bool:
+        return self.group_id is not None and self.group_quota_tokens is not None
+
+    @property
+    def group_credit_limited(self) -> bool:
+        return self.group_id is not None and self.group_credit_limit_micros is not None
+
+    @property
+    def settles_before_reply(self) -> bool:
+        """Whether a call must be settled before its response ends.
+
+        A call with no max_tokens may hold all that is left of a quota or credit limit; a
+        client that sends its next call as soon as it has the answer must find that hold
+        already swapped for the actual use (and the TPM estimate for the actual tokens), or
+        it would be refused for what is merely held. For other keys the settlement follows the
+        response, off the client's clock.
+        """
+        return (
+            self.quota_limited
+            or self.credit_limited
+            or self.group_quota_limited
+            or self.group_credit_limited
+            or self.tpm is not None
+            or (self.group_id is not None and self.group_tpm is not None)
+        )
+
+    @property
+    def rate_limited(self) -> bool:
+        return any(
+            limit is not None
+            for limit in (self.rpm, self.tpm, self.rpd, self.group_rpm, self.group_tpm,
+                          self.group_rpd)
+        )  # fmt: skip
+
+
+def _thresholds(value) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(sorted({v for v in value if isinstance(v, int) and 0 < v <= 100}))
 
 
 # digest -> (monotonic time loaded, key or None for an unknown key)
@@ -53,24 +110,31 @@ _refreshing: set[str] = set()
 
 
 def _load(digest: str) -> KeyInfo | None:
-    user_wallet = Wallet.objects.filter(user_id=OuterRef("owner_id")).values("pk")[:1]
-    org_wallet = Wallet.objects.filter(organization_id=OuterRef("organization_id")).values("pk")[:1]
+    user_wallet = Wallet.objects.filter(user_id=OuterRef("owner_id"))[:1]
+    org_wallet = Wallet.objects.filter(organization_id=OuterRef("organization_id"))[:1]
     token = (
         ApiToken.objects.select_related("owner", "group")
-        .annotate(user_wallet_id=Subquery(user_wallet), org_wallet_id=Subquery(org_wallet))
+        .annotate(
+            user_wallet_id=Subquery(user_wallet.values("pk")),
+            user_wallet_threshold=Subquery(user_wallet.values("low_balance_threshold_micros")),
+            org_wallet_id=Subquery(org_wallet.values("pk")),
+            org_wallet_threshold=Subquery(org_wallet.values("low_balance_threshold_micros")),
+        )
         .filter(digest=digest)
         .first()
     )
     if token is None:
         return None
+    group = token.group
+    in_org = token.organization_id is not None
     return KeyInfo(
         token_id=token.pk,
         name=token.name,
         owner_id=token.owner_id,
         organization_id=token.organization_id,
         group_id=token.group_id,
-        group_name=token.group.name if token.group else "",
-        wallet_id=token.org_wallet_id if token.organization_id else token.user_wallet_id,
+        group_name=group.name if group else "",
+        wallet_id=token.org_wallet_id if in_org else token.user_wallet_id,
         status=token.status,
         expires_at=token.expires_at,
         owner_blocked=token.owner.is_blocked,
@@ -79,7 +143,20 @@ def _load(digest: str) -> KeyInfo | None:
         allowed_networks=tuple(ipaddress.ip_network(n) for n in token.allowed_ips or ()),
         max_cost_per_request_micros=token.max_cost_per_request_micros,
         credit_limit_micros=token.credit_limit_micros,
-        quota_tracked=token.quota_tokens is not None,
+        quota_tokens=token.quota_tokens,
+        rpm=token.rpm,
+        tpm=token.tpm,
+        rpd=token.rpd,
+        group_quota_tokens=group.quota_tokens if group else None,
+        group_credit_limit_micros=group.credit_limit_micros if group else None,
+        group_rpm=group.rpm if group else None,
+        group_tpm=group.tpm if group else None,
+        group_rpd=group.rpd if group else None,
+        alert_thresholds=_thresholds(token.alert_thresholds),
+        group_alert_thresholds=_thresholds(group.alert_thresholds) if group else (),
+        low_balance_threshold_micros=(
+            token.org_wallet_threshold if in_org else token.user_wallet_threshold
+        ),
     )
 
 
@@ -97,18 +174,22 @@ def lookup(digest: str) -> KeyInfo | None:
     return info
 
 
-# The same read in one SQL statement, for the PostgreSQL fast path (relay.pg).
+# The same read in one SQL statement, for the PostgreSQL fast path (relay.pg). The wallet joins
+# are two equality joins on unique columns (an OR in one join would defeat their indexes).
 KEY_SQL = """
 SELECT t.id, t.name, t.owner_id, t.organization_id, t.group_id, coalesce(g.name, ''),
-       CASE WHEN t.organization_id IS NULL
-            THEN (SELECT w.id FROM billing_wallet w WHERE w.user_id = t.owner_id)
-            ELSE (SELECT w.id FROM billing_wallet w WHERE w.organization_id = t.organization_id)
-       END,
+       CASE WHEN t.organization_id IS NULL THEN uw.id ELSE ow.id END,
        t.status, t.expires_at, u.is_blocked, u.is_active, t.allowed_models, t.allowed_ips,
-       t.max_cost_per_request_micros, t.credit_limit_micros, t.quota_tokens
+       t.max_cost_per_request_micros, t.credit_limit_micros, t.quota_tokens,
+       t.rpm, t.tpm, t.rpd, g.quota_tokens, g.credit_limit_micros, g.rpm, g.tpm, g.rpd,
+       t.alert_thresholds, g.alert_thresholds,
+       CASE WHEN t.organization_id IS NULL THEN uw.low_balance_threshold_micros
+            ELSE ow.low_balance_threshold_micros END
   FROM accounts_apitoken t
   JOIN accounts_user u ON u.id = t.owner_id
   LEFT JOIN accounts_tokengroup g ON g.id = t.group_id
+  LEFT JOIN billing_wallet uw ON uw.user_id = t.owner_id AND t.organization_id IS NULL
+  LEFT JOIN billing_wallet ow ON ow.organization_id = t.organization_id
  WHERE t.digest = %s
 """
 
@@ -117,7 +198,9 @@ def from_row(row: tuple | None) -> KeyInfo | None:
     if row is None:
         return None
     (token_id, name, owner_id, organization_id, group_id, group_name, wallet_id, status,
-     expires_at, blocked, active, models, ips, cap, credit_limit, quota) = row  # fmt: skip
+     expires_at, blocked, active, models, ips, cap, credit_limit, quota, rpm, tpm, rpd,
+     group_quota, group_credit_limit, group_rpm, group_tpm, group_rpd, thresholds,
+     group_thresholds, low_balance_threshold) = row  # fmt: skip
     return KeyInfo(
         token_id=token_id,
         name=name,
@@ -134,7 +217,18 @@ def from_row(row: tuple | None) -> KeyInfo | None:
         allowed_networks=tuple(ipaddress.ip_network(n) for n in ips or ()),
         max_cost_per_request_micros=cap,
         credit_limit_micros=credit_limit,
-        quota_tracked=quota is not None,
+        quota_tokens=quota,
+        rpm=rpm,
+        tpm=tpm,
+        rpd=rpd,
+        group_quota_tokens=group_quota,
+        group_credit_limit_micros=group_credit_limit,
+        group_rpm=group_rpm,
+        group_tpm=group_tpm,
+        group_rpd=group_rpd,
+        alert_thresholds=_thresholds(thresholds),
+        group_alert_thresholds=_thresholds(group_thresholds),
+        low_balance_threshold_micros=low_balance_threshold,
     )
 
 

@@ -1485,6 +1485,15 @@ class MockUpstream:
     def chunk_delay_ms(self, value: int) -> None:
         self._server.app.chunk_delay_ms = value
 
+    @property
+    def chunks(self) -> int:
+        """Reply length in words (completion tokens) when a request sets no x-mock-chunks."""
+        return self._server.app.chunks
+
+    @chunks.setter
+    def chunks(self, value: int) -> None:
+        self._server.app.chunks = value
+
     # statistics, read and reset on the server's own loop so counters are never torn
 
     def _on_loop(self, fn: Callable[[], Any]) -> Any:

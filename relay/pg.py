@@ -13,21 +13,22 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from billing.services import HoldRefusal, QuotaState, Settlement
 from relay import keys
 from relay.accounting import (
     BUDGET_SQL,
-    CREDIT_LIMIT_REACHED,
-    WALLET_SHORT,
+    Budget,
     HoldRequest,
     Outcome,
     Reservation,
     budget_from,
+    budget_params,
     description_of,
     hold_attempts,
     last_used_due,
     log_row,
+    needs_budget_for_message,
     plan_hold,
-    quota_tokens_of,
     refused,
 )
 from usage.models import RequestLog
@@ -35,8 +36,7 @@ from usage.models import RequestLog
 _pool: AsyncConnectionPool | None = None
 _pool_lock = asyncio.Lock()
 
-HOLD_SQL = "SELECT relay_hold(%s, %s, %s, %s, %s, %s, %s)"
-HOLD_REFUSALS = {1: WALLET_SHORT, 2: CREDIT_LIMIT_REACHED}
+HOLD_SQL = "SELECT relay_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 
 def enabled() -> bool:
@@ -93,29 +93,38 @@ async def load_key(digest: str) -> keys.KeyInfo | None:
     return info
 
 
+async def _budget(conn, key: keys.KeyInfo) -> Budget:
+    cursor = await conn.execute(BUDGET_SQL, budget_params(key))
+    return budget_from(key, await cursor.fetchone())
+
+
 async def reserve(req: HoldRequest) -> Reservation:
     key = req.key
     now = timezone.now()
     expires = now + timedelta(seconds=settings.RELAY_HOLD_TTL_SECONDS)
     async with (await pool()).connection() as conn:
+        budget = None
         for attempt in range(hold_attempts(req)):
-            budget = None
             if attempt:
-                cursor = await conn.execute(BUDGET_SQL, [key.wallet_id, key.token_id])
-                available, credit_left = await cursor.fetchone()
-                budget = budget_from(key, available, credit_left)
-            amount, chosen = plan_hold(req, budget)
+                budget = await _budget(conn, key)
+            amount, chosen, tokens = plan_hold(req, budget)
             cursor = await conn.execute(
                 HOLD_SQL,
-                [req.request_id, key.wallet_id, key.token_id, amount, key.credit_limited, now,
-                 expires],
+                [req.request_id, key.wallet_id, key.token_id, key.group_id, amount, tokens,
+                 key.credit_limited, key.quota_limited, key.group_credit_limited,
+                 key.group_quota_limited, now, expires],
             )  # fmt: skip
             (status,) = await cursor.fetchone()
             if status == 0:
                 return Reservation(
-                    hold_micros=amount, max_tokens=chosen if req.needs_budget else None
+                    hold_micros=amount,
+                    max_tokens=chosen if req.needs_budget else None,
+                    tokens=tokens,
                 )
-        raise refused(amount, HOLD_REFUSALS[status])
+        refusal = HoldRefusal(status)
+        if budget is None and needs_budget_for_message(refusal):
+            budget = await _budget(conn, key)
+        raise refused(req, refusal, amount, tokens, budget)
 
 
 def _settle_sql() -> str:
@@ -125,16 +134,17 @@ def _settle_sql() -> str:
     quoted = ", ".join(f'"{c}"' for c in [*columns, "cost_micros"])
     values = ", ".join(["%s"] * len(columns))
     # Column names come from the model, never from input.
-    settle_call = "SELECT relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS charged"
+    settle_call = "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     insert = f"INSERT INTO usage_requestlog ({quoted}) SELECT {values}, s.charged FROM s"  # noqa: S608
-    return f"WITH s AS ({settle_call}) {insert} RETURNING cost_micros"
+    # A data-modifying WITH runs whether or not the outer query reads it; `s` runs once.
+    return f"WITH s AS ({settle_call}), log AS ({insert}) SELECT * FROM s"  # noqa: S608
 
 
 SETTLE_SQL: str | None = None
 LOG_COLUMNS: list[str] = []
 
 
-async def settle(outcome: Outcome) -> int:
+async def settle(outcome: Outcome) -> Settlement:
     """One statement: the settlement function and the log row, atomic together."""
     global SETTLE_SQL, LOG_COLUMNS
     if SETTLE_SQL is None:
@@ -152,10 +162,10 @@ async def settle(outcome: Outcome) -> int:
         outcome.request_id,
         key.wallet_id,
         key.token_id,
+        outcome.held,
         outcome.hold_micros,
         outcome.cost_micros,
-        outcome.hold_micros if key.credit_limited else 0,
-        quota_tokens_of(outcome),
+        outcome.used_tokens,
         last_used_due(key.token_id),
         description_of(outcome),
         now,
@@ -163,5 +173,13 @@ async def settle(outcome: Outcome) -> int:
     ]
     async with (await pool()).connection() as conn:
         cursor = await conn.execute(SETTLE_SQL, params)
-        (charged,) = await cursor.fetchone()
-    return charged
+        (charged, low_balance, key_used, key_quota, key_alerted, group_used, group_quota,
+         group_alerted) = await cursor.fetchone()  # fmt: skip
+    return Settlement(
+        charged_micros=charged,
+        low_balance=low_balance,
+        key_quota=QuotaState(key_used, key_quota, key_alerted) if key_used is not None else None,
+        group_quota=(
+            QuotaState(group_used, group_quota, group_alerted) if group_used is not None else None
+        ),
+    )

@@ -5,6 +5,7 @@ default). With Redis, Celery beat runs the same tasks (tasks.tasks) and this sta
 import asyncio
 import logging
 
+from accounts.services import quotas_reset_due
 from billing.services import holds_release_expired
 from catalog.services import channels_probe_disabled
 from relay import db
@@ -14,6 +15,8 @@ logger = logging.getLogger(__name__)
 JOBS = (
     (60.0, holds_release_expired),
     (60.0, channels_probe_disabled),
+    # Scheduled quota resets, within a minute of their boundary (idempotent: see the service).
+    (60.0, quotas_reset_due),
 )
 
 

@@ -115,3 +115,9 @@ def error_event(message: str, code: str) -> bytes:
 
 def done_event() -> bytes:
     return b"data: [DONE]\n\n"
+
+
+def is_done_event(event: bytes) -> bool:
+    """Whether a complete event (as SSEMeter.feed returns them) is the [DONE] sentinel."""
+    data = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return data == [DONE]

@@ -11,12 +11,13 @@ import httpx
 import orjson
 from django.conf import settings
 
+from billing.services import Settlement
 from catalog.services import channel_record_failure, channel_record_success
-from relay import accounting, db, keys, metering, pg, routing
-from relay.accounting import Outcome
+from relay import accounting, alerts, db, keys, metering, pg, ratelimit, routing
+from relay.accounting import Outcome, QuotaRefused
 from relay.adapters import UpstreamRequest, adapter_for
 from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
-from relay.streaming import SSEMeter, done_event, error_event
+from relay.streaming import SSEMeter, done_event, error_event, is_done_event
 from relay.upstream import (
     UpstreamFailure,
     client,
@@ -31,6 +32,12 @@ logger = logging.getLogger(__name__)
 CONTENT_FIELDS = ("messages", "prompt", "input", "tools", "functions")
 # Status logged for a call whose client hung up first (nginx's convention).
 CLIENT_CLOSED = 499
+# Refusals of the hold that are logged as calls (the owner sees why a call failed). A 429 from
+# our own rate limiter is not: it would cost a database write per refused request, which is
+# what a client hammering a limited key sends; its headers tell the client all it needs.
+LOGGED_REFUSALS = frozenset(
+    {"insufficient_quota", "per_request_cap_exceeded", "token_quota_exceeded"}
+)
 # Completions default to 16 output tokens when max_tokens is absent (OpenAI's documented default).
 LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 FALLBACK_MAX_OUTPUT_TOKENS = 4096
@@ -224,10 +231,12 @@ class Call:
             is_stream=self.stream,
             client_ip=keys.client_ip(request),
             request_params=loggable_params(body),
-            quota_tokens_tracked=key.quota_tracked,
         )
         self.max_tokens_param: str | None = None
         self.max_tokens: int | None = None
+        self.admission: ratelimit.Admission | None = None
+        self.settle_early = key.settles_before_reply
+        self._finished = False
 
     # The request as each channel receives it (in OpenAI's shape; the adapter translates).
     def upstream_request(self, route: routing.Route) -> UpstreamRequest:
@@ -283,6 +292,8 @@ class Call:
             )
         else:
             requested, default_max = 0, 0
+        if self.key.rate_limited:
+            await self.admit(self.prompt_tokens + (requested or 0) * n)
         hold_request = accounting.HoldRequest(
             request_id=self.request.request_id,
             key=self.key,
@@ -291,14 +302,53 @@ class Call:
             max_tokens=requested,
             n=n,
             default_max_tokens=default_max,
+            has_output=self.endpoint.has_output,
         )
         if pg.enabled():
             reservation = await pg.reserve(hold_request)
         else:
             reservation = await db.run(accounting.reserve, hold_request)
         self.outcome.hold_micros = reservation.hold_micros
+        self.outcome.held = True
         if self.endpoint.has_output:
             self.max_tokens = reservation.max_tokens or requested
+
+    async def admit(self, tokens: int) -> None:
+        """RPM/TPM/RPD of the key and its group: after the model checks, before the hold.
+
+        TPM counts our prompt estimate plus max_tokens × n when the client set it (the prompt
+        alone otherwise); the settlement corrects it with the actual usage.
+        """
+        self.admission = await ratelimit.admit(
+            self.key, member=self.request.request_id, tokens=tokens
+        )
+        if self.admission is None:
+            return
+        # On every response of this call from here on, success or error, streamed or not.
+        self.request.out_headers = self.admission.headers()
+        if not self.admission.admitted:
+            raise self.admission.error()
+
+    async def finish(self) -> None:
+        """Correct the TPM windows, then settle (so a later call sees both) and check alerts.
+
+        Runs once: before the response ends for keys that need it (see settles_before_reply),
+        otherwise after it.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        await ratelimit.correct(self.admission, self.outcome.used_tokens)
+        settlement = await settle(self.outcome)
+        alerts.after_settlement(self.key, settlement)
+
+    async def finish_before_end(self) -> None:
+        """Settle while the response is still open; the answer is out, so a failure here is
+        logged (the sweep releases the hold) and the response still ends cleanly."""
+        try:
+            await asyncio.shield(self.finish())
+        except Exception:
+            logger.exception("could not settle %s", self.request.request_id)
 
     async def run(self) -> None:
         routes = routing.plan(self.model.model_id, settings.RELAY_MAX_ATTEMPTS)
@@ -393,7 +443,12 @@ class Call:
             data["usage"] = usage_body
         usage_body["cost"] = metering.usd(outcome.cost_micros)
         outcome.response_excerpt = _excerpt(data)
-        await self.request.respond_json(200, data)
+        if not self.settle_early:
+            await self.request.respond_json(200, data)
+            return
+        await self.request.respond_json(200, data, more=True)
+        await self.finish_before_end()
+        await self.request.end_stream()
 
     # --- streaming
 
@@ -449,25 +504,33 @@ class Call:
         )
         self.meter = meter
 
+        # Settle-early keys: [DONE] and what follows wait for the settlement, since SDKs stop
+        # reading at [DONE] (the end of the body would be too late).
+        held_back: list[bytes] = []
+
+        async def forward(event: bytes) -> None:
+            if self.settle_early and (held_back or is_done_event(event)):
+                held_back.append(event)
+            else:
+                await request.stream_chunk(event)
+
         async def pump() -> None:
             try:
                 await request.start_stream()
                 for event in first:
-                    await request.stream_chunk(event)
+                    await forward(event)
                 outcome.ttft_ms = round((time.monotonic() - outcome.started) * 1000)
                 async for data in chunks:
                     for event in meter.feed(data):
-                        await request.stream_chunk(event)
+                        await forward(event)
                     if meter.malformed:
                         break
                 if meter.malformed:
                     self._interrupt(
                         "The upstream provider sent an invalid stream.", "invalid_upstream_response"
                     )
-                    await request.stream_chunk(
-                        error_event(outcome.error_message, outcome.error_code)
-                    )
-                    await request.stream_chunk(done_event())
+                    await forward(error_event(outcome.error_message, outcome.error_code))
+                    await forward(done_event())
                 elif not meter.done:
                     raise httpx.RemoteProtocolError("stream ended without [DONE]")
             except httpx.HTTPError as exc:
@@ -475,10 +538,15 @@ class Call:
                     f"The upstream provider's stream broke off: {type(exc).__name__}.",
                     "upstream_stream_interrupted",
                 )
-                await request.stream_chunk(error_event(outcome.error_message, outcome.error_code))
-                await request.stream_chunk(done_event())
+                await forward(error_event(outcome.error_message, outcome.error_code))
+                await forward(done_event())
             finally:
                 await response.aclose()
+            if self.settle_early:
+                self._metered(meter)
+                await self.finish_before_end()
+                for event in held_back:
+                    await request.stream_chunk(event)
             await request.end_stream()
 
         try:
@@ -489,10 +557,14 @@ class Call:
             outcome.error_message = "The client closed the connection mid-stream."
             raise
         finally:
-            usage = meter.usage or self.local_usage(meter.delivered_completion_tokens())
-            outcome.usage = usage
-            outcome.cost_micros = self.charged_for(usage)
-            outcome.response_excerpt = meter.response_excerpt()
+            if not self._finished:
+                self._metered(meter)
+
+    def _metered(self, meter: SSEMeter) -> None:
+        usage = meter.usage or self.local_usage(meter.delivered_completion_tokens())
+        self.outcome.usage = usage
+        self.outcome.cost_micros = self.charged_for(usage)
+        self.outcome.response_excerpt = meter.response_excerpt()
 
     def _interrupt(self, message: str, code: str) -> None:
         self.outcome.status_code = 502
@@ -528,15 +600,21 @@ async def generation(request: Request, endpoint: Endpoint) -> None:
     try:
         await call.prepare(await catalog())
     except RelayError as error:
-        if error.status == 403 and error.code in ("insufficient_quota", "per_request_cap_exceeded"):
-            await _log_error(call, error)
+        if error.status == 403 and error.code in LOGGED_REFUSALS:
+            _note_error(call, error)
+            await asyncio.shield(call.finish())
+        elif call.admission is not None:
+            # Refused after the rate limiter admitted it: no tokens were used.
+            await asyncio.shield(ratelimit.correct(call.admission, 0))
+        if isinstance(error, QuotaRefused) and error.exhausted:
+            alerts.quota_exhausted(key, error.scope, error.smallest_call_tokens)
         raise
     try:
         await call.run()
     except RelayError as error:
-        call.outcome.status_code = error.status
-        call.outcome.error_code = error.code or ""
-        call.outcome.error_message = error.message
+        _note_error(call, error)
+        if call.settle_early:
+            await asyncio.shield(call.finish())
         await request.respond_error(error)
     except ClientDisconnected:
         if call.outcome.status_code == 200:
@@ -545,20 +623,20 @@ async def generation(request: Request, endpoint: Endpoint) -> None:
             call.outcome.error_message = "The client closed the connection before the answer."
     finally:
         # Shielded: settlement must finish even when the client is gone or the server stops.
-        await asyncio.shield(settle(call.outcome))
+        await asyncio.shield(call.finish())
 
 
-async def settle(outcome: Outcome) -> int:
+async def settle(outcome: Outcome) -> Settlement:
     if pg.enabled():
         return await pg.settle(outcome)
     return await db.run(accounting.settle, outcome)
 
 
-async def _log_error(call: Call, error: RelayError) -> None:
+def _note_error(call: Call, error: RelayError) -> None:
+    """Record the error on the call's outcome (its log row)."""
     call.outcome.status_code = error.status
     call.outcome.error_code = error.code or ""
     call.outcome.error_message = error.message
-    await asyncio.shield(settle(call.outcome))
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from celery import shared_task
 
-from billing.services import holds_release_expired
+from accounts.services import quotas_reset_due
+from billing.services import alert_email_send, holds_release_expired
 from catalog.services import channels_probe_disabled
 
 
@@ -14,3 +15,22 @@ def release_expired_holds() -> int:
 @shared_task(time_limit=300, soft_time_limit=280)
 def probe_disabled_channels() -> list[str]:
     return channels_probe_disabled()
+
+
+@shared_task(time_limit=120, soft_time_limit=100)
+def reset_due_quotas() -> int:
+    """Every minute: reset the token quotas whose daily/weekly/monthly period ended."""
+    return quotas_reset_due()
+
+
+@shared_task(
+    time_limit=60,
+    soft_time_limit=50,
+    # SMTP trouble (refused connections, timeouts, SMTPException are all OSError) is retried a
+    # few times, spaced out; the alert stays unsent (emailed_at empty) until one succeeds.
+    autoretry_for=(OSError,),
+    retry_backoff=30,
+    max_retries=5,
+)
+def send_alert_email(alert_id: int) -> bool:
+    return alert_email_send(alert_id=alert_id)

@@ -285,7 +285,14 @@ RELAY_CHANNEL_FAILURE_WINDOW_SECONDS = envint("RELAY_CHANNEL_FAILURE_WINDOW_SECO
 RELAY_CHANNEL_COOLDOWN_AFTER = envint("RELAY_CHANNEL_COOLDOWN_AFTER", "3")
 RELAY_CHANNEL_COOLDOWN_SECONDS = envint("RELAY_CHANNEL_COOLDOWN_SECONDS", "30")
 RELAY_CHANNEL_DISABLE_AFTER = envint("RELAY_CHANNEL_DISABLE_AFTER", "10")
-# Periodic jobs (hold sweep, channel probe) run in the relay process when there is no Celery beat.
+# Rate limits (RPM/TPM/RPD): in Redis when REDIS_URL is set (shared by all relay processes),
+# otherwise in the process. The window scale shortens every window (a minute becomes
+# 60 × scale seconds): for tests and demos only, keep 1 in production.
+RELAY_RATE_WINDOW_SCALE = float(env("RELAY_RATE_WINDOW_SCALE", "1"))
+if not 0 < RELAY_RATE_WINDOW_SCALE <= 1:
+    raise ImproperlyConfigured("RELAY_RATE_WINDOW_SCALE must be in (0, 1].")
+# Periodic jobs (hold sweep, channel probe, quota resets) run in the relay process when there
+# is no Celery beat.
 RELAY_INPROCESS_SCHEDULER = envbool("RELAY_INPROCESS_SCHEDULER", "false" if REDIS_URL else "true")
 MOCK_UPSTREAM_URL = env("MOCK_UPSTREAM_URL", "http://127.0.0.1:8001/v1")
 
@@ -310,4 +317,6 @@ if not DEBUG:
 CELERY_BEAT_SCHEDULE = {
     "release-expired-holds": {"task": "tasks.tasks.release_expired_holds", "schedule": 60.0},
     "probe-disabled-channels": {"task": "tasks.tasks.probe_disabled_channels", "schedule": 60.0},
+    # Quotas reset within a minute of their boundary; a double-fired beat resets once.
+    "reset-due-quotas": {"task": "tasks.tasks.reset_due_quotas", "schedule": 60.0},
 }

@@ -24,7 +24,7 @@ from billing.models import Wallet
 from billing.services import credit_grant, wallet_get_or_create
 from catalog.models import Channel, Model
 from catalog.services import channel_create
-from relay.mock_upstream import MockUpstream
+from relay.mock_upstream import DEFAULT_CHUNKS, MockUpstream
 from tests.factories import ModelFactory, UserFactory
 from tokenbyte.money import usd_to_micros
 from usage.models import RequestLog
@@ -147,6 +147,7 @@ def mock(mock_upstream):
     mock_upstream.reset()
     mock_upstream.latency_ms = 0
     mock_upstream.chunk_delay_ms = 0
+    mock_upstream.chunks = DEFAULT_CHUNKS
     return mock_upstream
 
 

@@ -5,7 +5,7 @@ import pytest
 from django.db import connection
 
 from accounts.models import ApiToken
-from accounts.services import api_token_set_status
+from accounts.services import api_token_set_status, token_group_create
 from tests.relay.conftest import RelayServer, chat, wait_for_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,6 +71,7 @@ QUERIES_PER_CALL = 2
 
 def test_the_database_round_trips_of_one_relayed_call_are_pinned(make_account, cached_relay):
     account = make_account("10")
+    limited = make_account("10")
     client = cached_relay.client(account.key)
     for _ in range(2):  # warm the caches
         client.chat.completions.create(
@@ -96,3 +97,29 @@ def test_the_database_round_trips_of_one_relayed_call_are_pinned(make_account, c
     # Without max_tokens the hold is optimistic (the model's maximum output): as many trips
     # when the credit is there. A short wallet costs a budget read and a second hold.
     assert sum(calls for _, calls in without) == QUERIES_PER_CALL
+
+    # Quotas and credit limits of the key and its group are part of the same hold and
+    # settlement; rate limits live in Redis.
+    group = token_group_create(
+        owner=limited.user, name="team", quota_tokens=1_000_000, credit_limit_micros=5_000_000
+    )
+    ApiToken.objects.filter(pk=limited.token.pk).update(
+        group=group, quota_tokens=1_000_000, credit_limit_micros=5_000_000, rpm=1000, tpm=100_000
+    )
+    limited_client = cached_relay.client(limited.key)
+    for _ in range(2):
+        limited_client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+        )
+    wait_for_logs(limited, 2)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_statements_reset()")
+    limited_client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+    )
+    wait_for_logs(limited, 3)
+    with_limits = relay_statements()
+
+    assert sum(calls for _, calls in with_limits) == QUERIES_PER_CALL, "\n".join(
+        f"{c} × {q}" for q, c in with_limits
+    )
