@@ -1375,6 +1375,19 @@ def run(
 # Tests: the server on a background thread
 
 
+class _AppKnob:
+    """A MockUpstream attribute that reads and writes the running app's setting of that name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, owner: Any, owner_type: type | None = None) -> int:
+        return getattr(owner._server.app, self.name)
+
+    def __set__(self, owner: Any, value: int) -> None:
+        setattr(owner._server.app, self.name, value)
+
+
 class MockUpstream:
     """A mock upstream on a free loopback port, served from a background thread.
 
@@ -1469,30 +1482,10 @@ class MockUpstream:
 
     # knobs, changeable while running (plain attribute writes, read per request)
 
-    @property
-    def latency_ms(self) -> int:
-        return self._server.app.latency_ms
-
-    @latency_ms.setter
-    def latency_ms(self, value: int) -> None:
-        self._server.app.latency_ms = value
-
-    @property
-    def chunk_delay_ms(self) -> int:
-        return self._server.app.chunk_delay_ms
-
-    @chunk_delay_ms.setter
-    def chunk_delay_ms(self, value: int) -> None:
-        self._server.app.chunk_delay_ms = value
-
-    @property
-    def chunks(self) -> int:
-        """Reply length in words (completion tokens) when a request sets no x-mock-chunks."""
-        return self._server.app.chunks
-
-    @chunks.setter
-    def chunks(self, value: int) -> None:
-        self._server.app.chunks = value
+    latency_ms = _AppKnob("latency_ms")
+    chunk_delay_ms = _AppKnob("chunk_delay_ms")
+    # Reply length in words (completion tokens) when a request sets no x-mock-chunks.
+    chunks = _AppKnob("chunks")
 
     # statistics, read and reset on the server's own loop so counters are never torn
 

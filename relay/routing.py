@@ -121,11 +121,6 @@ def current() -> Snapshot:
     return _snapshot
 
 
-def invalidate() -> None:
-    global _snapshot
-    _snapshot = None
-
-
 def invalidate_soon() -> None:
     """Mark the snapshot stale: the next call reloads it in the background."""
     if _snapshot is not None:

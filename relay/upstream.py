@@ -4,6 +4,7 @@ import asyncio
 
 import aiohttp
 import httpx
+import orjson
 from django.conf import settings
 from httpx_aiohttp import AiohttpTransport
 
@@ -114,8 +115,6 @@ async def failure_from_response(response: httpx.Response) -> UpstreamFailure:
 
 
 def _upstream_message(body: bytes) -> str:
-    import orjson
-
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
