@@ -6,8 +6,7 @@ signals on every request, which the hot path cannot afford.
 """
 
 import asyncio
-import contextlib
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -68,7 +67,8 @@ class ClientDisconnected(Exception):
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    # 128 random bits, as a uuid4 would carry, without building a UUID object.
+    return "req_" + os.urandom(16).hex()
 
 
 class Request:
@@ -205,18 +205,30 @@ def body_too_large_message(limit: int) -> str:
 
 
 async def run_until_disconnect(request: Request, work: Awaitable) -> object:
-    """Run `work`; if the client hangs up first, cancel it and raise ClientDisconnected."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(request.wait_for_disconnect())
+    """Await `work`; if the client hangs up first, cancel it and raise ClientDisconnected.
+
+    `work` runs in the calling task and one small task watches for the hang-up, rather than
+    racing two tasks with asyncio.wait: this runs on every call, and that costs twice as much.
+    """
+    current = asyncio.current_task()
+    state = {"finished": False, "hung_up": False}
+
+    async def watch() -> None:
+        await request.wait_for_disconnect()
+        if not state["finished"]:
+            state["hung_up"] = True
+            current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientDisconnected
+        result = await work
+        state["finished"] = True
+        return result
+    except asyncio.CancelledError:
+        if not state["hung_up"]:
+            raise
+        current.uncancel()
+        raise ClientDisconnected from None
     finally:
+        state["finished"] = True
         watcher.cancel()
-        if not task.done():
-            task.cancel()

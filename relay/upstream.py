@@ -1,40 +1,26 @@
-"""Calls to upstream providers: one shared httpx.AsyncClient per process (per event loop)."""
+"""Calls to upstream providers over one pooled HTTP client per process (per event loop).
+
+The client is aiohttp, called directly: against httpx (even over its aiohttp transport) it
+halves the CPU the relay spends per upstream call, which is most of what bounds throughput on
+one core. `RELAY_UPSTREAM_CLIENT` selects httpx instead (its own or the aiohttp transport) so
+the benchmark can measure the three side by side.
+"""
 
 import asyncio
+import functools
+from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
 import orjson
 from django.conf import settings
-from httpx_aiohttp import AiohttpTransport
 
+from relay.adapters import UpstreamRequest
 from relay.routing import Route
 
-_clients: dict[int, httpx.AsyncClient] = {}
-
-
-def client() -> httpx.AsyncClient:
-    """The process's pooled client (one per running event loop)."""
-    loop_id = id(asyncio.get_running_loop())
-    found = _clients.get(loop_id)
-    if found is None or found.is_closed:
-        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500)
-        found = httpx.AsyncClient(
-            # aiohttp underneath: the same httpx API at about half the CPU per request of
-            # httpcore, whose pool scans every connection on each request.
-            transport=AiohttpTransport(limits=limits, trust_env=False),
-            timeout=httpx.Timeout(120.0, connect=settings.RELAY_CONNECT_TIMEOUT_SECONDS),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        _clients[loop_id] = found
-    return found
-
-
-async def close_clients() -> None:
-    for found in list(_clients.values()):
-        await found.aclose()
-    _clients.clear()
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+MAX_CONNECTIONS = 2000
+MAX_IDLE_CONNECTIONS = 500
 
 
 class UpstreamFailure(Exception):
@@ -59,23 +45,202 @@ class UpstreamFailure(Exception):
         self.body = body
 
 
-def timeout_for(route: Route) -> httpx.Timeout:
-    return httpx.Timeout(route.read_timeout, connect=route.connect_timeout)
+class BrokenStream(Exception):
+    """The upstream connection failed after the answer began; `name` says how."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
-def failure_from_exception(exc: Exception) -> UpstreamFailure:
-    if isinstance(exc.__cause__, aiohttp.ServerDisconnectedError):
-        # The transport files a closed connection under ConnectTimeout; it is neither.
+class Answer:
+    """An upstream response whose body has not been read yet."""
+
+    status: int
+
+    def header(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    async def read(self) -> bytes:
+        """The whole body; a transport failure raises UpstreamFailure."""
+        raise NotImplementedError
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; a transport failure raises BrokenStream."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Give the connection back (or drop it when the body was not read to its end)."""
+        raise NotImplementedError
+
+
+# --- aiohttp ------------------------------------------------------------------------------------
+
+
+class AiohttpAnswer(Answer):
+    __slots__ = ("response", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.status = response.status
+
+    def header(self, name: str) -> str | None:
+        return self.response.headers.get(name)
+
+    async def read(self) -> bytes:
+        try:
+            return await self.response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise failure_from_exception(exc) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self.response.content.iter_any():
+                yield data
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise BrokenStream(type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        self.response.release()
+
+
+_sessions: dict[int, aiohttp.ClientSession] = {}
+
+
+def _session() -> aiohttp.ClientSession:
+    loop_id = id(asyncio.get_running_loop())
+    found = _sessions.get(loop_id)
+    if found is None or found.closed:
+        found = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
+            trust_env=False,
+            # What the adapters send is what goes out (no default accept or user agent).
+            skip_auto_headers=("User-Agent",),
+        )
+        _sessions[loop_id] = found
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _aiohttp_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # Per read, like httpx's: a long stream is fine as long as it keeps sending.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
+async def _send_aiohttp(upstream: UpstreamRequest, route: Route) -> Answer:
+    try:
+        response = await _session().post(
+            upstream.url,
+            data=upstream.content,
+            headers=upstream.headers,
+            timeout=_aiohttp_timeout(route.connect_timeout, route.read_timeout),
+            allow_redirects=False,
+        )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise failure_from_exception(exc) from exc
+    return AiohttpAnswer(response)
+
+
+# --- httpx (measured against; selected by RELAY_UPSTREAM_CLIENT) --------------------------------
+
+
+class HttpxAnswer(Answer):
+    __slots__ = ("response", "status")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+
+    def header(self, name: str) -> str | None:
+        return self.response.headers.get(name)
+
+    async def read(self) -> bytes:
+        try:
+            return await self.response.aread()
+        except httpx.HTTPError as exc:
+            raise failure_from_exception(exc) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self.response.aiter_raw():
+                yield data
+        except httpx.HTTPError as exc:
+            raise BrokenStream(type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+
+_httpx_clients: dict[int, httpx.AsyncClient] = {}
+
+
+def _httpx_client() -> httpx.AsyncClient:
+    loop_id = id(asyncio.get_running_loop())
+    found = _httpx_clients.get(loop_id)
+    if found is None or found.is_closed:
+        limits = httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS
+        )
+        transport = None
+        if settings.RELAY_UPSTREAM_CLIENT == "httpx-aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits, trust_env=False)
+        found = httpx.AsyncClient(
+            transport=transport, limits=limits, follow_redirects=False, trust_env=False
+        )
+        _httpx_clients[loop_id] = found
+    return found
+
+
+async def _send_httpx(upstream: UpstreamRequest, route: Route) -> Answer:
+    http = _httpx_client()
+    request = http.build_request(
+        "POST", upstream.url, content=upstream.content, headers=upstream.headers,
+        timeout=httpx.Timeout(route.read_timeout, connect=route.connect_timeout),
+    )  # fmt: skip
+    try:
+        response = await http.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise failure_from_exception(exc) from exc
+    return HttpxAnswer(response)
+
+
+# --- common -------------------------------------------------------------------------------------
+
+
+async def send(upstream: UpstreamRequest, route: Route) -> Answer:
+    """Send the request; the answer's status and headers are in, its body is not read yet."""
+    if settings.RELAY_UPSTREAM_CLIENT == "aiohttp":
+        return await _send_aiohttp(upstream, route)
+    return await _send_httpx(upstream, route)
+
+
+async def close_clients() -> None:
+    for session in list(_sessions.values()):
+        await session.close()
+    _sessions.clear()
+    for client in list(_httpx_clients.values()):
+        await client.aclose()
+    _httpx_clients.clear()
+
+
+def failure_from_exception(exc: BaseException) -> UpstreamFailure:
+    if isinstance(exc, httpx.HTTPError) and isinstance(exc.__cause__, aiohttp.ClientError):
+        # httpx's aiohttp transport files refused and closed connections under ConnectTimeout;
+        # the aiohttp error underneath says what happened.
+        exc = exc.__cause__
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return UpstreamFailure(
             502, "The upstream provider closed the connection without answering.",
             code="upstream_error", retryable=True,
         )  # fmt: skip
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return UpstreamFailure(
             504, "The upstream provider did not answer in time.", code="upstream_timeout",
             retryable=True,
         )  # fmt: skip
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, (httpx.ConnectError, aiohttp.ClientConnectorError)):
         return UpstreamFailure(
             503, "The upstream provider could not be reached.", code="upstream_unavailable",
             retryable=True,
@@ -86,15 +251,17 @@ def failure_from_exception(exc: Exception) -> UpstreamFailure:
     )  # fmt: skip
 
 
-async def failure_from_response(response: httpx.Response) -> UpstreamFailure:
-    """Classify a non-2xx upstream answer (the body is read, it is small)."""
-    body = await response.aread()
-    status = response.status_code
+async def failure_from_answer(answer: Answer) -> UpstreamFailure:
+    """Classify a non-2xx upstream answer (its body is read: error bodies are small)."""
+    return failure_from_status(answer.status, await answer.read(), answer.header("retry-after"))
+
+
+def failure_from_status(status: int, body: bytes, retry_after: str | None) -> UpstreamFailure:
     if status == 429:
         return UpstreamFailure(
             429, "The upstream provider is rate limiting; try again shortly.",
             code="upstream_rate_limited", retryable=True,
-            retry_after=response.headers.get("retry-after"), body=body,
+            retry_after=retry_after, body=body,
         )  # fmt: skip
     if status >= 500:
         return UpstreamFailure(

@@ -7,24 +7,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
 import orjson
 from django.conf import settings
 
 from billing.services import Settlement
 from catalog.services import channel_record_failure, channel_record_success
-from relay import accounting, alerts, db, keys, metering, pg, ratelimit, routing
+from relay import accounting, alerts, db, keys, metering, pg, ratelimit, routing, upstream
 from relay.accounting import Outcome, QuotaRefused
 from relay.adapters import UpstreamRequest, adapter_for
 from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
 from relay.streaming import SSEMeter, done_event, error_event, is_done_event
-from relay.upstream import (
-    UpstreamFailure,
-    client,
-    failure_from_exception,
-    failure_from_response,
-    timeout_for,
-)
+from relay.upstream import BrokenStream, UpstreamFailure
 
 logger = logging.getLogger(__name__)
 
@@ -360,20 +353,15 @@ class Call:
     # --- non-streaming
 
     async def _attempt_plain(self, route: routing.Route) -> dict:
-        upstream = self.upstream_request(route)
+        answer = await upstream.send(self.upstream_request(route), route)
         try:
-            response = await client().post(
-                upstream.url,
-                content=upstream.content,
-                headers=upstream.headers,
-                timeout=timeout_for(route),
-            )
-        except httpx.HTTPError as exc:
-            raise failure_from_exception(exc) from exc
-        if response.status_code >= 400:
-            raise await failure_from_response(response)
+            if answer.status >= 400:
+                raise await upstream.failure_from_answer(answer)
+            content = await answer.read()
+        finally:
+            await answer.close()
         try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise UpstreamFailure(
                 502, "The upstream provider sent an invalid response.",
@@ -454,52 +442,43 @@ class Call:
 
     async def _attempt_stream(self, route: routing.Route):
         """Open the upstream stream and read its first event: failures up to here fail over."""
-        http = client()
-        upstream = self.upstream_request(route)
-        upstream_request = http.build_request(
-            "POST", upstream.url, content=upstream.content, headers=upstream.headers,
-            timeout=timeout_for(route),
-        )  # fmt: skip
-        try:
-            response = await http.send(upstream_request, stream=True)
-        except httpx.HTTPError as exc:
-            raise failure_from_exception(exc) from exc
-        if response.status_code >= 400:
+        answer = await upstream.send(self.upstream_request(route), route)
+        if answer.status >= 400:
             try:
-                raise await failure_from_response(response)
+                raise await upstream.failure_from_answer(answer)
             finally:
-                await response.aclose()
+                await answer.close()
         meter = SSEMeter(
             show_usage=self.show_usage, cost_for=lambda u: metering.usd(self.charged_for(u))
         )
         translator = adapter_for(route).stream(self.outcome.upstream_model, True)
-        chunks = response.aiter_raw() if translator is None else _translated(response, translator)
+        chunks = answer.chunks() if translator is None else _translated(answer, translator)
         first: list[bytes] = []
         try:
             while not first:
                 data = await chunks.__anext__()
                 first = meter.feed(data)
         except StopAsyncIteration:
-            await response.aclose()
+            await answer.close()
             raise UpstreamFailure(
                 502, "The upstream provider ended the stream before sending anything.",
                 code="invalid_upstream_response", retryable=True,
             ) from None  # fmt: skip
-        except httpx.HTTPError as exc:
-            await response.aclose()
-            raise failure_from_exception(exc) from exc
+        except BrokenStream as exc:
+            await answer.close()
+            raise upstream.failure_from_exception(exc.__cause__ or exc) from exc
         if meter.malformed:
-            await response.aclose()
+            await answer.close()
             raise UpstreamFailure(
                 502, "The upstream provider sent an invalid stream.",
                 code="invalid_upstream_response", retryable=True,
             )  # fmt: skip
-        return response, chunks, meter, first
+        return answer, chunks, meter, first
 
     async def _run_stream(self, routes) -> None:
         request = self.request
         outcome = self.outcome
-        _, (response, chunks, meter, first) = await run_until_disconnect(
+        _, (answer, chunks, meter, first) = await run_until_disconnect(
             request, self._failover(routes, self._attempt_stream)
         )
         self.meter = meter
@@ -532,16 +511,16 @@ class Call:
                     await forward(error_event(outcome.error_message, outcome.error_code))
                     await forward(done_event())
                 elif not meter.done:
-                    raise httpx.RemoteProtocolError("stream ended without [DONE]")
-            except httpx.HTTPError as exc:
+                    raise BrokenStream("ended without [DONE]")
+            except BrokenStream as exc:
                 self._interrupt(
-                    f"The upstream provider's stream broke off: {type(exc).__name__}.",
+                    f"The upstream provider's stream broke off: {exc.name}.",
                     "upstream_stream_interrupted",
                 )
                 await forward(error_event(outcome.error_message, outcome.error_code))
                 await forward(done_event())
             finally:
-                await response.aclose()
+                await answer.close()
             if self.settle_early:
                 self._metered(meter)
                 await self.finish_before_end()
@@ -572,8 +551,8 @@ class Call:
         self.outcome.error_message = message
 
 
-async def _translated(response: httpx.Response, translator):
-    async for data in response.aiter_raw():
+async def _translated(answer: upstream.Answer, translator):
+    async for data in answer.chunks():
         out = translator.feed(data)
         if out:
             yield out

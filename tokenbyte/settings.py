@@ -277,6 +277,10 @@ RELAY_MAX_ATTEMPTS = envint("RELAY_MAX_ATTEMPTS", "3")
 RELAY_RETRY_BACKOFF_MS = envint("RELAY_RETRY_BACKOFF_MS", "100")
 RELAY_CONNECT_TIMEOUT_SECONDS = float(env("RELAY_CONNECT_TIMEOUT_SECONDS", "10"))
 RELAY_HOLD_TTL_SECONDS = envint("RELAY_HOLD_TTL_SECONDS", "3600")
+# The upstream HTTP client: aiohttp (fastest, see bench/), httpx or httpx-aiohttp.
+RELAY_UPSTREAM_CLIENT = env("RELAY_UPSTREAM_CLIENT", "aiohttp")
+if RELAY_UPSTREAM_CLIENT not in ("aiohttp", "httpx", "httpx-aiohttp"):
+    raise ImproperlyConfigured("RELAY_UPSTREAM_CLIENT must be aiohttp, httpx or httpx-aiohttp.")
 RELAY_DB_THREADS = envint("RELAY_DB_THREADS", "8")
 # PostgreSQL: holds and settlements through SQL functions on an async pool (off = the ORM path).
 RELAY_SQL_FAST_PATH = envbool("RELAY_SQL_FAST_PATH", "true")

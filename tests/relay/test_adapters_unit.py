@@ -1,8 +1,5 @@
 """The Anthropic and Gemini translations on their own: requests, answers and streams."""
 
-import asyncio
-
-import httpx
 import orjson
 import pytest
 
@@ -17,7 +14,7 @@ from relay.adapters.gemini import chat_response as gemini_response
 from relay.http import RelayError
 from relay.routing import Route
 from relay.streaming import SSEMeter
-from relay.upstream import UpstreamFailure, failure_from_response
+from relay.upstream import UpstreamFailure, failure_from_status
 
 NOW = 1_700_000_000
 
@@ -152,7 +149,7 @@ def test_the_channel_type_picks_the_adapter():
     ids=["anthropic", "gemini"],
 )  # fmt: skip
 def test_a_refusal_from_either_provider_reaches_the_client_with_its_message(body, message):
-    failure = asyncio.run(failure_from_response(httpx.Response(400, content=body)))
+    failure = failure_from_status(400, body, retry_after=None)
 
     assert (failure.status, failure.message, failure.code) == (400, message, "upstream_rejected")
     assert not failure.retryable

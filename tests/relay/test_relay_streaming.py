@@ -107,6 +107,28 @@ def test_an_upstream_dying_mid_stream_ends_with_an_error_and_bills_what_was_deli
     assert account.balance() == 10_000_000 - log.cost_micros
 
 
+def test_a_client_hanging_up_before_a_plain_answer_cancels_upstream_and_is_not_billed(
+    make_account, mock, relay
+):
+    account = make_account("10")
+    mock.latency_ms = 3000
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hello there"}]}
+
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{relay.url}/v1/chat/completions", json=body,
+            headers={"Authorization": f"Bearer {account.key}"}, timeout=0.5,
+        )  # fmt: skip
+
+    mock.wait_for(lambda s: s["requests_cancelled"] == 1, timeout=5)
+    [log] = wait_for_logs(account, 1)
+    assert (log.status_code, log.error_code) == (499, "client_disconnected")
+    assert log.cost_micros == 0
+    assert account.balance() == 10_000_000
+    account.wallet.refresh_from_db()
+    assert account.wallet.held_micros == 0
+
+
 def test_a_client_hanging_up_cancels_upstream_and_is_billed_for_what_was_delivered(
     make_account, mock, relay
 ):
