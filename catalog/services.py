@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-import httpx
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -224,6 +223,8 @@ def _probe_request(channel: Channel) -> tuple[str, dict[str, str], dict[str, str
 
 def channel_test(*, channel: Channel, timeout_seconds: float = 10.0) -> ChannelTestResult:
     """Call the upstream once and record the latency and the error, if any."""
+    import httpx  # here, not at the top: relay processes import this module and never test
+
     url, headers, params = _probe_request(channel)
     started = time.monotonic()
     try:

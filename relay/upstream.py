@@ -2,16 +2,16 @@
 
 The client is aiohttp, called directly: against httpx (even over its aiohttp transport) it
 halves the CPU the relay spends per upstream call, which is most of what bounds throughput on
-one core. `RELAY_UPSTREAM_CLIENT` selects httpx instead (its own or the aiohttp transport) so
-the benchmark can measure the three side by side.
+one core. `RELAY_UPSTREAM_CLIENT` selects httpx instead (its own or the aiohttp transport,
+relay/upstream_httpx.py) so the benchmark can measure the three side by side.
 """
 
 import asyncio
 import functools
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
-import httpx
 import orjson
 from django.conf import settings
 
@@ -46,11 +46,13 @@ class UpstreamFailure(Exception):
 
 
 class BrokenStream(Exception):
-    """The upstream connection failed after the answer began; `name` says how."""
+    """The upstream connection failed after the answer began; `name` says how, `failure` is
+    what to answer if nothing had reached the client yet."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, failure: UpstreamFailure | None = None) -> None:
         super().__init__(name)
         self.name = name
+        self.failure = failure
 
 
 class Answer:
@@ -98,7 +100,7 @@ class AiohttpAnswer(Answer):
             async for data in self.response.content.iter_any():
                 yield data
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise BrokenStream(type(exc).__name__) from exc
+            raise BrokenStream(type(exc).__name__, failure_from_exception(exc)) from exc
 
     async def close(self) -> None:
         self.response.release()
@@ -141,71 +143,6 @@ async def _send_aiohttp(upstream: UpstreamRequest, route: Route) -> Answer:
     return AiohttpAnswer(response)
 
 
-# --- httpx (measured against; selected by RELAY_UPSTREAM_CLIENT) --------------------------------
-
-
-class HttpxAnswer(Answer):
-    __slots__ = ("response", "status")
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.status = response.status_code
-
-    def header(self, name: str) -> str | None:
-        return self.response.headers.get(name)
-
-    async def read(self) -> bytes:
-        try:
-            return await self.response.aread()
-        except httpx.HTTPError as exc:
-            raise failure_from_exception(exc) from exc
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for data in self.response.aiter_raw():
-                yield data
-        except httpx.HTTPError as exc:
-            raise BrokenStream(type(exc).__name__) from exc
-
-    async def close(self) -> None:
-        await self.response.aclose()
-
-
-_httpx_clients: dict[int, httpx.AsyncClient] = {}
-
-
-def _httpx_client() -> httpx.AsyncClient:
-    loop_id = id(asyncio.get_running_loop())
-    found = _httpx_clients.get(loop_id)
-    if found is None or found.is_closed:
-        limits = httpx.Limits(
-            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS
-        )
-        transport = None
-        if settings.RELAY_UPSTREAM_CLIENT == "httpx-aiohttp":
-            from httpx_aiohttp import AiohttpTransport
-
-            transport = AiohttpTransport(limits=limits, trust_env=False)
-        found = httpx.AsyncClient(
-            transport=transport, limits=limits, follow_redirects=False, trust_env=False
-        )
-        _httpx_clients[loop_id] = found
-    return found
-
-
-async def _send_httpx(upstream: UpstreamRequest, route: Route) -> Answer:
-    http = _httpx_client()
-    request = http.build_request(
-        "POST", upstream.url, content=upstream.content, headers=upstream.headers,
-        timeout=httpx.Timeout(route.read_timeout, connect=route.connect_timeout),
-    )  # fmt: skip
-    try:
-        response = await http.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        raise failure_from_exception(exc) from exc
-    return HttpxAnswer(response)
-
-
 # --- common -------------------------------------------------------------------------------------
 
 
@@ -213,40 +150,45 @@ async def send(upstream: UpstreamRequest, route: Route) -> Answer:
     """Send the request; the answer's status and headers are in, its body is not read yet."""
     if settings.RELAY_UPSTREAM_CLIENT == "aiohttp":
         return await _send_aiohttp(upstream, route)
-    return await _send_httpx(upstream, route)
+    from relay import upstream_httpx  # not loaded (4 MB) unless chosen
+
+    return await upstream_httpx.send(upstream, route)
 
 
 async def close_clients() -> None:
     for session in list(_sessions.values()):
         await session.close()
     _sessions.clear()
-    for client in list(_httpx_clients.values()):
-        await client.aclose()
-    _httpx_clients.clear()
+    if "relay.upstream_httpx" in sys.modules:
+        await sys.modules["relay.upstream_httpx"].close_clients()
 
 
 def failure_from_exception(exc: BaseException) -> UpstreamFailure:
-    if isinstance(exc, httpx.HTTPError) and isinstance(exc.__cause__, aiohttp.ClientError):
-        # httpx's aiohttp transport files refused and closed connections under ConnectTimeout;
-        # the aiohttp error underneath says what happened.
-        exc = exc.__cause__
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return UpstreamFailure(
             502, "The upstream provider closed the connection without answering.",
             code="upstream_error", retryable=True,
         )  # fmt: skip
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
-        return UpstreamFailure(
-            504, "The upstream provider did not answer in time.", code="upstream_timeout",
-            retryable=True,
-        )  # fmt: skip
-    if isinstance(exc, (httpx.ConnectError, aiohttp.ClientConnectorError)):
-        return UpstreamFailure(
-            503, "The upstream provider could not be reached.", code="upstream_unavailable",
-            retryable=True,
-        )  # fmt: skip
+    if isinstance(exc, TimeoutError):
+        return timed_out()
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return unreachable()
     return UpstreamFailure(
         502, f"The upstream connection failed: {type(exc).__name__}.", code="upstream_error",
+        retryable=True,
+    )  # fmt: skip
+
+
+def timed_out() -> UpstreamFailure:
+    return UpstreamFailure(
+        504, "The upstream provider did not answer in time.", code="upstream_timeout",
+        retryable=True,
+    )  # fmt: skip
+
+
+def unreachable() -> UpstreamFailure:
+    return UpstreamFailure(
+        503, "The upstream provider could not be reached.", code="upstream_unavailable",
         retryable=True,
     )  # fmt: skip
 

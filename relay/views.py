@@ -466,7 +466,7 @@ class Call:
             ) from None  # fmt: skip
         except BrokenStream as exc:
             await answer.close()
-            raise upstream.failure_from_exception(exc.__cause__ or exc) from exc
+            raise exc.failure or upstream.failure_from_exception(exc) from exc
         if meter.malformed:
             await answer.close()
             raise UpstreamFailure(

@@ -1,29 +1,28 @@
 """Celery tasks: take ids, are safe to run twice, call one service each."""
 
-from celery import shared_task
-
 from accounts.services import quotas_reset_due
 from billing.services import alert_email_send, holds_release_expired
 from catalog.services import channels_probe_disabled
+from tokenbyte.celery import app
 
 
-@shared_task(time_limit=120, soft_time_limit=100)
+@app.task(time_limit=120, soft_time_limit=100)
 def release_expired_holds() -> int:
     return holds_release_expired()
 
 
-@shared_task(time_limit=300, soft_time_limit=280)
+@app.task(time_limit=300, soft_time_limit=280)
 def probe_disabled_channels() -> list[str]:
     return channels_probe_disabled()
 
 
-@shared_task(time_limit=120, soft_time_limit=100)
+@app.task(time_limit=120, soft_time_limit=100)
 def reset_due_quotas() -> int:
     """Every minute: reset the token quotas whose daily/weekly/monthly period ended."""
     return quotas_reset_due()
 
 
-@shared_task(
+@app.task(
     time_limit=60,
     soft_time_limit=50,
     # SMTP trouble (refused connections, timeouts, SMTPException are all OSError) is retried a
