@@ -335,7 +335,6 @@ def main() -> int:
         help="'profiled' runs uvicorn under cProfile (slower; for reading only)",
     )
     parser.add_argument("--compare-servers", action="store_true", help="daphne/uvicorn/granian")
-    parser.add_argument("--profile", action="store_true", help="py-spy the relay at 16 connections")
     args = parser.parse_args()
     quick = args.quick
     rounds, round_seconds = (3, 1) if quick else (7, 2)
@@ -402,18 +401,8 @@ def main() -> int:
         )
         log(f"throughput: {seconds}s at 16 and 64 connections, mock latency 20 ms")
         slow = targets_for("bench-slow", peer_targets["bench-slow"])
-        profiler = None
-        if args.profile:
-            profiler = subprocess.Popen(
-                [str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(relay_proc.pid),
-                 "--duration", str(seconds), "--format", "raw", "--rate", "200",
-                 "--output", str(RESULTS / "profile.txt"), "--threads"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
         pids = {"tokenbyte": relay_proc.pid, **({"litellm": peer.pid} if peer else {})}
         c16 = throughput(slow, 16, seconds, pids)
-        if profiler is not None:
-            profiler.wait(60)
         c64 = throughput(slow, 64, seconds, pids)
         log(f"streaming: {streams} streams of 32 chunks 10 ms apart")
         stream = streaming(targets_for("bench-stream"), streams)
@@ -465,20 +454,36 @@ def main() -> int:
         services.stop()
 
 
+# (ASGI server, upstream HTTP client) pairs measured side by side with SERVERS=1.
+VARIANTS = (
+    ("uvicorn", "aiohttp"),
+    ("granian", "aiohttp"),
+    ("daphne", "aiohttp"),
+    ("uvicorn", "httpx-aiohttp"),
+    ("uvicorn", "httpx"),
+)
+
+
 def compare_servers(procs: Processes, env: dict, key: str, direct: dict, seconds: float) -> dict:
     out = {}
-    for server in (name for name in SERVERS if name != "profiled"):
-        proc, url = start_relay(procs, server, env)
-        log(f"server comparison: {server}")
-        lat = latency_rounds(
-            {"direct": (direct["bench-fast"], KEY_DIRECT), server: (url, key)}, 3, 1
-        )
-        c16 = throughput({"direct": (direct["bench-slow"], KEY_DIRECT), server: (url, key)}, 16,
-                         seconds, {server: proc.pid})  # fmt: skip
-        out[server] = {
-            "added_p50_ms": added(lat, server, "p50_ms"),
-            "added_p99_ms": added(lat, server, "p99_ms"),
-            "ratio_c16": round(c16[server]["rps"] / c16["direct"]["rps"], 3),
+    for server, client in VARIANTS:
+        name = f"{server}+{client}"
+        proc, url = start_relay(procs, server, {**env, "RELAY_UPSTREAM_CLIENT": client})
+        log(f"server comparison: {server}, upstream client {client}")
+        lat = latency_rounds({"direct": (direct["bench-fast"], KEY_DIRECT), name: (url, key)}, 3, 1)
+        c16 = throughput({"direct": (direct["bench-slow"], KEY_DIRECT), name: (url, key)}, 16,
+                         seconds, {name: proc.pid})  # fmt: skip
+        c64 = throughput({"direct": (direct["bench-slow"], KEY_DIRECT), name: (url, key)}, 64,
+                         seconds, {name: proc.pid})  # fmt: skip
+        out[name] = {
+            "server": server,
+            "client": client,
+            "added_p50_ms": added(lat, name, "p50_ms"),
+            "added_p99_ms": added(lat, name, "p99_ms"),
+            "ratio_c16": round(c16[name]["rps"] / c16["direct"]["rps"], 3),
+            "ratio_c64": round(c64[name]["rps"] / c64["direct"]["rps"], 3),
+            "cpu_ms_per_request_c64": c64[name].get("cpu_ms_per_request"),
+            "errors": c16[name]["errors"] + c64[name]["errors"],
             "rss_mb": rss_mb(proc.pid),
         }
         procs.stop(proc)
@@ -495,6 +500,16 @@ TARGETS = {
     "rss_growth_mb": ("≤ 10", lambda v: v <= 10),
     "queries_per_request": ("≤ 5", lambda v: v <= 5),
     "errors": ("0", lambda v: v == 0),
+}
+
+
+# The targets relative to the peer, as TokenByte's figure over the peer's.
+PEER_TARGETS = {
+    "added_p50_ms": ("≤ 0.2 (a fifth)", lambda v: v <= 0.2),
+    "added_p99_ms": ("≤ 0.333 (a third)", lambda v: v <= 1 / 3),
+    "ratio_c16": ("≥ 6", lambda v: v >= 6),
+    "ratio_c64": ("≥ 10", lambda v: v >= 10),
+    "rss_mb": ("≤ 0.333 (a third)", lambda v: v <= 1 / 3),
 }
 
 
@@ -535,12 +550,20 @@ def write_reports(report: dict) -> None:
                  f"{st['tokenbyte']['ttft_ms']} | " + ("– |" if peer else ""))  # fmt: skip
     lines.append(f"| stream gap between chunks (ms) | {st['direct']['gap_ms']} | "
                  f"{st['tokenbyte']['gap_ms']} | " + ("– |" if peer else ""))  # fmt: skip
+    if peer:
+        lines += ["", "| Against LiteLLM | TokenByte ÷ LiteLLM | Target |", "| --- | --- | --- |"]
+        for field, (target, ok) in PEER_TARGETS.items():
+            value = round(report[field] / peer[field], 3) if peer[field] else None
+            mark = "" if value is None else ("✅" if ok(value) else "❌")
+            lines.append(f"| {field} | {value} {mark} | {target} |")
     if report.get("servers"):
-        lines += ["", "| ASGI server | added p50 (ms) | added p99 (ms) | ratio c16 | RSS (MB) |",
-                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
-        for server, s in report["servers"].items():
-            lines.append(f"| {server} | {s['added_p50_ms']} | {s['added_p99_ms']} | "
-                         f"{s['ratio_c16']} | {s['rss_mb']} |")  # fmt: skip
+        lines += ["", "| ASGI server | upstream client | added p50 (ms) | added p99 (ms) | "
+                  "ratio c16 | ratio c64 | CPU ms/call at c64 | errors | RSS (MB) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        columns = ("server", "client", "added_p50_ms", "added_p99_ms", "ratio_c16", "ratio_c64",
+                   "cpu_ms_per_request_c64", "errors", "rss_mb")  # fmt: skip
+        for s in report["servers"].values():
+            lines.append("| " + " | ".join(str(s[c]) for c in columns) + " |")
     (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
     chart(report)
 

@@ -6,12 +6,15 @@ log included, one more. relay/accounting.py has the same rules in the ORM for SQ
 """
 
 import asyncio
+import functools
 from collections import deque
 from datetime import timedelta
 
 import orjson
 import psycopg
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
@@ -128,10 +131,17 @@ class Pool:
 _pool: Pool | None = None
 
 
+@functools.cache
 def enabled() -> bool:
+    """Asked three times per call; settings do not change under a running relay."""
     return settings.RELAY_SQL_FAST_PATH and settings.DATABASES["default"]["ENGINE"].endswith(
         "postgresql"
     )
+
+
+@receiver(setting_changed)
+def _settings_changed(**_kwargs) -> None:
+    enabled.cache_clear()
 
 
 def _connect_kwargs() -> dict:

@@ -37,15 +37,18 @@ class Adapter(Protocol):
         """A translator for the provider's stream; None when it already is OpenAI SSE."""
 
 
+_adapters: dict[str, Adapter] = {}
+
+
 def adapter_for(route: Route) -> Adapter:
-    if route.type == "anthropic":
-        from relay.adapters.anthropic import ANTHROPIC
-
-        return ANTHROPIC
-    if route.type == "gemini":
-        from relay.adapters.gemini import GEMINI
-
-        return GEMINI
-    from relay.adapters.openai import OPENAI
-
-    return OPENAI
+    found = _adapters.get(route.type)
+    if found is None:
+        # Imported on first use: the adapters import this module.
+        if route.type == "anthropic":
+            from relay.adapters.anthropic import ANTHROPIC as found
+        elif route.type == "gemini":
+            from relay.adapters.gemini import GEMINI as found
+        else:
+            from relay.adapters.openai import OPENAI as found
+        _adapters[route.type] = found
+    return found
