@@ -41,6 +41,7 @@ from usage.models import RequestLog
 HOLD_SQL = "SELECT relay_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 # How long a call waits for a free connection before it fails (a database that stopped answering).
 ACQUIRE_TIMEOUT_SECONDS = 30
+REAP_INTERVAL_SECONDS = 0.5
 
 
 class PoolTimeout(Exception):
@@ -61,7 +62,8 @@ class Pool:
         self.max_size = max_size
         self.size = 0  # connections open or opening
         self.idle: list[psycopg.AsyncConnection] = []
-        self.waiters: deque[asyncio.Future] = deque()
+        self.waiters: deque[tuple[float, asyncio.Future]] = deque()  # (deadline, future)
+        self.reaper: asyncio.Task | None = None
         self.closed = False
         self.closing: set[asyncio.Task] = set()
 
@@ -78,17 +80,21 @@ class Pool:
                 except BaseException:
                     self._free_slot()
                     raise
-            waiter = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            # One reaper task times out the waiters, rather than a timer for each wait.
+            self.waiters.append((loop.time() + ACQUIRE_TIMEOUT_SECONDS, waiter))
+            if self.reaper is None or self.reaper.done():
+                self.reaper = asyncio.ensure_future(self._reap())
             try:
-                conn = await asyncio.wait_for(waiter, ACQUIRE_TIMEOUT_SECONDS)
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                conn = await waiter
+            except asyncio.CancelledError:
+                handed_over = (
+                    waiter.done() and not waiter.cancelled() and waiter.exception() is None
+                )
+                if handed_over and waiter.result() is not None:
                     self.release(waiter.result())  # handed over just as we gave up
-                elif waiter in self.waiters:
-                    self.waiters.remove(waiter)
-                if isinstance(exc, TimeoutError):
-                    raise PoolTimeout("no database connection was free in time") from None
+                self.waiters = deque(w for w in self.waiters if w[1] is not waiter)
                 raise
             if conn is not None:
                 return conn
@@ -101,20 +107,31 @@ class Pool:
             closing.add_done_callback(self.closing.discard)
             self._free_slot()
             return
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
-        self.idle.append(conn)
+        if not self._hand_over(conn):
+            self.idle.append(conn)
 
     def _free_slot(self) -> None:
         self.size -= 1
+        self._hand_over(None)
+
+    def _hand_over(self, conn: psycopg.AsyncConnection | None) -> bool:
         while self.waiters:
-            waiter = self.waiters.popleft()
+            _, waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                waiter.set_result(conn)
+                return True
+        return False
+
+    async def _reap(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.waiters:
+            await asyncio.sleep(min(REAP_INTERVAL_SECONDS, ACQUIRE_TIMEOUT_SECONDS / 2))
+            now = loop.time()
+            # Deadlines grow along the queue: the expired ones are at its head.
+            while self.waiters and (self.waiters[0][0] <= now or self.waiters[0][1].done()):
+                _, waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(PoolTimeout("no database connection was free in time"))
 
     async def close(self) -> None:
         self.closed = True
@@ -123,9 +140,11 @@ class Pool:
             await conn.close()
         self.size -= len(idle)
         while self.waiters:
-            waiter = self.waiters.popleft()
+            _, waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(PoolTimeout("the relay's database pool is closed"))
+        if self.reaper is not None:
+            self.reaper.cancel()
 
 
 _pool: Pool | None = None
@@ -229,34 +248,20 @@ async def reserve(req: HoldRequest) -> Reservation:
         pool_.release(conn)
 
 
-def _settle_sql(columns: list[str]) -> str:
-    quoted = ", ".join(f'"{c}"' for c in columns)
-    from_record = ", ".join(f'r."{c}"' for c in columns)
-    settle_call = "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-    # The log row travels as one JSON object, typed by the table itself: one parameter to
-    # adapt instead of thirty. Column names come from the model, never from input.
-    insert = (
-        f"INSERT INTO usage_requestlog ({quoted}, cost_micros) SELECT {from_record}, s.charged"  # noqa: S608
-        " FROM s, jsonb_populate_record(NULL::usage_requestlog, %s::jsonb) r"
-    )
-    # A data-modifying WITH runs whether or not the outer query reads it; `s` runs once.
-    return f"WITH s AS ({settle_call}), log AS ({insert}) SELECT * FROM s"  # noqa: S608
-
-
-SETTLE_SQL: str | None = None
+# relay_settle writes the log row too (relay_log, in relay/migrations/0003), from one JSON object
+# typed by the table: one parameter to adapt instead of thirty.
+SETTLE_SQL = "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
 LOG_FIELDS: list[tuple[str, str]] = []  # (attname, column) of each log column but id and cost
 
 
 async def settle(outcome: Outcome) -> Settlement:
-    """One statement: the settlement function and the log row, atomic together."""
-    global SETTLE_SQL, LOG_FIELDS
-    if SETTLE_SQL is None:
-        LOG_FIELDS = [
+    """One statement: the settlement and the log row, atomic together."""
+    if not LOG_FIELDS:
+        LOG_FIELDS.extend(
             (f.attname, f.column)
             for f in RequestLog._meta.concrete_fields
             if f.column not in ("id", "cost_micros")
-        ]
-        SETTLE_SQL = _settle_sql([column for _, column in LOG_FIELDS])
+        )
     key = outcome.key
     now = timezone.now()
     row = log_row(outcome, now)

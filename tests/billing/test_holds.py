@@ -6,6 +6,7 @@ the hold for the actual use; the sweep gives each part back.
 
 from datetime import timedelta
 
+import orjson
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
@@ -24,6 +25,7 @@ from billing.services import (
     wallet_get_or_create,
 )
 from tests.factories import UserFactory
+from usage.models import RequestLog
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,13 +93,21 @@ def settle(path: str, request_id: str, wallet: Wallet, token, hold_micros, cost,
                 state.used_tokens, state.quota_tokens, state.alerted_percent
             ]  # fmt: skip
         return (s.charged_micros, s.low_balance, *quotas)
+    log = RequestLog(
+        request_id=request_id, user_id=token.owner_id, api_token_id=token.pk, model_id="m",
+        call_type="chat", status_code=200,
+    )  # fmt: skip
+    row = {f.column: getattr(log, f.attname) for f in RequestLog._meta.concrete_fields}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
             [request_id, wallet.pk, token.pk, True, hold_micros, cost, used, False, "test",
-             timezone.now()],
+             timezone.now(), orjson.dumps(row).decode()],
         )  # fmt: skip
-        return cursor.fetchone()
+        result = cursor.fetchone()
+    # The log row is written in the same statement, with the cost actually charged.
+    assert RequestLog.objects.get(request_id=request_id).cost_micros == result[0]
+    return result
 
 
 def counters(token, group, wallet) -> dict:
