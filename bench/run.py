@@ -96,14 +96,19 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60)
     raise SystemExit(f"bench: {what} did not listen on {port}")
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (a server's workers), MB."""
-    total = 0
+def with_children(pid: int) -> list[int]:
+    """A server process and its children (granian's workers are processes of their own)."""
     pids = [pid]
     with contextlib.suppress(FileNotFoundError):
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         pids += [int(c) for c in children]
-    for p in pids:
+    return pids
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (a server's workers), MB."""
+    total = 0
+    for p in with_children(pid):
         with contextlib.suppress(FileNotFoundError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -241,8 +246,13 @@ def latency_rounds(targets: dict[str, tuple[str, str]], rounds: int, seconds: in
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system) of a server process and its children."""
+    ticks = 0
+    for p in with_children(pid):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def throughput(
