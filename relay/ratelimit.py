@@ -31,8 +31,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from django.conf import settings
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from relay.http import RelayError
 from relay.keys import KeyInfo
@@ -329,8 +327,17 @@ return 1
 """
 
 
+class LimiterUnavailable(Exception):
+    """The shared limiter could not be asked (Redis down or unreachable)."""
+
+
 class RedisLimiter:
     def __init__(self, url: str) -> None:
+        # Imported on first use: a relay whose keys have no limits never loads the client (6 MB).
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError)
         self.client = Redis.from_url(url)
         self._check = self.client.register_script(CHECK_LUA)
         self._correct = self.client.register_script(CORRECT_LUA)
@@ -342,17 +349,24 @@ class RedisLimiter:
         keys = [k for scope in scopes for k in scope.redis_keys()]
         args = [now_ms or 0, member, tokens, minute, day]
         args += [v for scope in scopes for v in scope.args()]
-        result = await self._check(keys=keys, args=args)
+        try:
+            result = await self._check(keys=keys, args=args)
+        except self._errors as exc:
+            raise LimiterUnavailable(str(exc)) from exc
         return bool(result[0]), [int(v) for v in result[1:]]
 
     async def correct(
         self, scopes: tuple[Scope, ...], member: str, estimate: int, actual: int
     ) -> None:
         keys = [k for scope in scopes if scope.uses_minute for k in scope.redis_keys()[:2]]
-        if keys:
+        if not keys:
+            return
+        try:
             await self._correct(
                 keys=keys, args=[f"{member}:{estimate}", f"{member}:{actual}", actual - estimate]
             )
+        except self._errors as exc:
+            raise LimiterUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -511,7 +525,7 @@ async def admit(key: KeyInfo, *, member: str, tokens: int) -> Admission | None:
         return None
     try:
         admitted, raw = await limiter().check(scopes, member, tokens, None)
-    except (RedisError, OSError):
+    except LimiterUnavailable:
         logger.exception("rate limiter unavailable; key %s passes unlimited", key.token_id)
         return None
     return Admission.from_raw(scopes, member, tokens, admitted, raw)
@@ -525,5 +539,5 @@ async def correct(admission: Admission | None, actual_tokens: int) -> None:
         return
     try:
         await limiter().correct(admission.scopes, admission.member, admission.tokens, actual_tokens)
-    except (RedisError, OSError):
+    except LimiterUnavailable:
         logger.exception("could not correct the TPM window of %s", admission.member)

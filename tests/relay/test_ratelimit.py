@@ -6,6 +6,7 @@ import uuid
 import pytest
 from django.conf import settings
 
+from relay import ratelimit
 from relay.keys import KeyInfo
 from relay.ratelimit import (
     Admission,
@@ -16,6 +17,7 @@ from relay.ratelimit import (
     format_duration,
     scopes_of,
 )
+from tests.relay.conftest import free_port
 
 MINUTE = 60_000
 DAY = 86_400_000
@@ -257,3 +259,27 @@ def test_in_redis_a_corrected_window_still_expires():
     assert 0 < log_ttl <= MINUTE
     assert 0 < tokens_ttl <= MINUTE
     assert total == b"19"
+
+
+def test_with_redis_unreachable_a_limited_key_passes_unlimited_and_it_is_logged(
+    monkeypatch, caplog
+):
+    info = KeyInfo(
+        token_id=1, name="k", owner_id=1, organization_id=None, group_id=None, group_name="",
+        wallet_id=1, status="enabled", expires_at=None, owner_blocked=False, owner_active=True,
+        allowed_models=frozenset(), allowed_networks=(), max_cost_per_request_micros=None,
+        credit_limit_micros=None, rpm=1, tpm=100,
+    )  # fmt: skip
+    closed = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setattr(ratelimit, "_limiter", closed)
+
+    async def scenario():
+        with pytest.raises(ratelimit.LimiterUnavailable):
+            await closed.check(scopes_of(info), "m0", 1, None)
+        admissions = [await admit(info, member=f"m{i}", tokens=10) for i in range(3)]
+        await closed.close()
+        return admissions
+
+    # Quotas and money are still enforced by the hold; only the windows are skipped.
+    assert asyncio.run(scenario()) == [None, None, None]
+    assert caplog.text.count("rate limiter unavailable") == 3
