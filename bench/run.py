@@ -18,6 +18,7 @@ import base64
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import secrets
@@ -36,6 +37,7 @@ PYTHON = sys.executable
 RELAY_CPU = "0"
 LOAD_CPU = "1"
 KEY_DIRECT = "sk-mock"  # the mock accepts any key
+MIN_ROUND_REQUESTS = 200  # per latency round and target (the issue's minimum)
 CHAT_BODY = {
     "model": "bench-fast",
     "messages": [
@@ -216,19 +218,22 @@ def start_relay(procs: Processes, server: str, env: dict) -> tuple[subprocess.Po
 def latency_rounds(targets: dict[str, tuple[str, str]], rounds: int, seconds: int) -> dict:
     """One request at a time: per target, the p50 and p99 of each round (interleaved).
 
-    A round lasts `seconds` (wrk counts time, not requests); at a millisecond or two per request
-    that is far more than 200 requests a round, checked below.
+    wrk counts time, not requests: a round lasts `seconds`, longer for a target whose warm-up
+    showed it would not reach 200 requests in that time (LiteLLM, at ~10 ms a request).
     """
     body = CHAT_BODY
-    for url, key in targets.values():  # warm-up
-        wrk(f"{url}/v1/chat/completions", key=key, body=body, connections=1,
-            duration_s=seconds, cpu=LOAD_CPU)  # fmt: skip
+    durations = {}
+    for name, (url, key) in targets.items():  # warm-up, and the round length it calls for
+        warm = wrk(f"{url}/v1/chat/completions", key=key, body=body, connections=1,
+                   duration_s=seconds, cpu=LOAD_CPU)  # fmt: skip
+        rate = max(warm.requests, 1) / seconds
+        durations[name] = max(seconds, math.ceil(MIN_ROUND_REQUESTS * 1.25 / rate))
     samples: dict[str, list[WrkResult]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, (url, key) in targets.items():
             result = wrk(f"{url}/v1/chat/completions", key=key, body=body, connections=1,
-                         duration_s=seconds, cpu=LOAD_CPU)  # fmt: skip
-            if result.requests < 200:
+                         duration_s=durations[name], cpu=LOAD_CPU)  # fmt: skip
+            if result.requests < MIN_ROUND_REQUESTS:
                 log(f"warning: only {result.requests} requests in a latency round of {name}")
             samples[name].append(result)
     return {

@@ -68,7 +68,19 @@ except ImportError:  # pragma: no cover - uvloop is optional, plain asyncio is o
 
 logger = logging.getLogger(__name__)
 
-FAULTS = frozenset({"500", "429", "timeout", "malformed", "drop", "no-usage", "cached"})
+FAULTS = frozenset(
+    {
+        "500",
+        "429",
+        "timeout",
+        "malformed",
+        "drop",
+        "stream-error",
+        "early-stream-error",
+        "no-usage",
+        "cached",
+    }
+)
 FAULT_MODEL_PREFIX = "mock-fault-"
 DEFAULT_CHUNKS = 16
 DEFAULT_EMBEDDING_DIMENSIONS = 8
@@ -346,7 +358,18 @@ class _Call:
         return prompt_tokens // 2 if self.fault == "cached" else 0
 
 
-def _stream_reply(call: _Call, events: list[bytes], content_type: bytes, drop_at: int) -> Reply:
+# What a provider sends when it fails in a stream (`stream-error` after some content,
+# `early-stream-error` before any): an error event, then the end.
+STREAM_ERROR = {"message": "Overloaded (mock fault stream-error).", "type": "overloaded_error"}
+
+
+def _stream_reply(
+    call: _Call, events: list[bytes], content_type: bytes, drop_at: int, error: bytes = b""
+) -> Reply:
+    if call.fault == "stream-error":
+        events = [*events[: min(drop_at, len(events) - 1)], error]
+    elif call.fault == "early-stream-error":
+        events = [error]  # failing before any content: a relay can still try another channel
     reply = Reply(content_type=content_type, events=events)
     if call.fault == "drop":
         reply.drop_after = min(drop_at, len(events) - 1)
@@ -480,7 +503,8 @@ def _chat_completions(call: _Call) -> Reply:
     events.append(b"data: [DONE]\n\n")
     if call.fault == "malformed":
         _malformed_event(events, b'data: {"id": "mock-malformed", "choices": [\n\n')
-    return _stream_reply(call, events, _SSE, n + DROP_AFTER_CONTENT_CHUNKS * n)
+    error = _sse({"error": {**STREAM_ERROR, "param": None, "code": "overloaded"}})
+    return _stream_reply(call, events, _SSE, n + DROP_AFTER_CONTENT_CHUNKS * n, error)
 
 
 def _completions(call: _Call) -> Reply:
@@ -545,7 +569,8 @@ def _completions(call: _Call) -> Reply:
     events.append(b"data: [DONE]\n\n")
     if call.fault == "malformed":
         _malformed_event(events, b'data: {"id": "mock-malformed", "choices": [\n\n')
-    return _stream_reply(call, events, _SSE, DROP_AFTER_CONTENT_CHUNKS * len(choice_pieces))
+    error = _sse({"error": {**STREAM_ERROR, "param": None, "code": "overloaded"}})
+    return _stream_reply(call, events, _SSE, DROP_AFTER_CONTENT_CHUNKS * len(choice_pieces), error)
 
 
 def _embeddings(call: _Call) -> Reply:
@@ -717,7 +742,8 @@ def _anthropic_messages(call: _Call) -> Reply:
     events.append(_anthropic_event(b"message_stop", {"type": "message_stop"}))
     if call.fault == "malformed":
         _malformed_event(events, b'event: content_block_delta\ndata: {"type": "content_bl\n\n')
-    return _stream_reply(call, events, _SSE, 3 + DROP_AFTER_CONTENT_CHUNKS)
+    error = _anthropic_event(b"error", {"type": "error", "error": STREAM_ERROR})
+    return _stream_reply(call, events, _SSE, 3 + DROP_AFTER_CONTENT_CHUNKS, error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -830,7 +856,11 @@ def _gemini_generate(call: _Call, stream: bool) -> Reply:
         content_type = _JSON
     if call.fault == "malformed":
         _malformed_event(events, bad)
-    return _stream_reply(call, events, content_type, DROP_AFTER_CONTENT_CHUNKS)
+    failure = _dumps(
+        {"error": {"code": 503, "message": STREAM_ERROR["message"], "status": "UNAVAILABLE"}}
+    )
+    error = b"data: " + failure + b"\r\n\r\n" if call.stream_format == "sse" else b",\r\n" + failure
+    return _stream_reply(call, events, content_type, DROP_AFTER_CONTENT_CHUNKS, error)
 
 
 # --------------------------------------------------------------------------------------------

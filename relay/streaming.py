@@ -47,6 +47,8 @@ class SSEMeter:
         self.done = False
         # The upstream sent an event that is not JSON: the stream cannot be trusted after it.
         self.malformed = False
+        # The upstream reported an error in the stream: (message, code), forwarded as it came.
+        self.error: tuple[str, str] | None = None
         self.first_content_seen = False
         self.excerpt: list[str] = []
         self._excerpt_len = 0
@@ -82,6 +84,13 @@ class SSEMeter:
         if not isinstance(chunk, dict):
             self.malformed = True
             return None
+        error = chunk.get("error")
+        if isinstance(error, dict):
+            self.error = (
+                str(error.get("message") or "The upstream provider reported an error."),
+                str(error.get("code") or error.get("type") or "upstream_error"),
+            )
+            return event
         text = _delta_text(chunk)
         if text:
             self.first_content_seen = True

@@ -473,6 +473,10 @@ class Call:
                 502, "The upstream provider sent an invalid stream.",
                 code="invalid_upstream_response", retryable=True,
             )  # fmt: skip
+        if meter.error and not meter.first_content_seen:
+            # Failed before answering anything (overloaded, say): the next channel may answer.
+            await answer.close()
+            raise UpstreamFailure(502, meter.error[0], code=meter.error[1], retryable=True)
         return answer, chunks, meter, first
 
     async def _run_stream(self, routes) -> None:
@@ -510,6 +514,11 @@ class Call:
                     )
                     await forward(error_event(outcome.error_message, outcome.error_code))
                     await forward(done_event())
+                elif meter.error:
+                    # The provider's own error event went through as it came; the log says it.
+                    self._interrupt(*meter.error)
+                    if not meter.done:
+                        await forward(done_event())
                 elif not meter.done:
                     raise BrokenStream("ended without [DONE]")
             except BrokenStream as exc:

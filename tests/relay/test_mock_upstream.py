@@ -487,6 +487,38 @@ def test_the_drop_fault_cuts_a_stream_after_a_few_chunks_without_done(client, mo
     assert stats["streams_completed"] == 0
 
 
+def test_the_stream_error_faults_end_a_stream_with_the_providers_error_event(http):
+    openai_raw = http.post(
+        "/v1/chat/completions",
+        json={"model": "mock-fault-stream-error", "messages": MESSAGES, "stream": True},
+    ).text
+    anthropic_raw = http.post(
+        "/v1/messages", json=anthropic_body(stream=True), headers={
+            **ANTHROPIC_HEADERS, "x-mock-fault": "stream-error"},
+    ).text  # fmt: skip
+    early_raw = http.post(
+        "/v1/messages", json=anthropic_body(stream=True), headers={
+            **ANTHROPIC_HEADERS, "x-mock-fault": "early-stream-error"},
+    ).text  # fmt: skip
+
+    *content, last = [b for b in openai_raw.split("\n\n") if b]
+    assert "[DONE]" not in openai_raw and len(content) >= 2
+    assert json.loads(last.removeprefix("data: "))["error"]["code"] == "overloaded"
+    events = anthropic_events(anthropic_raw)
+    assert "content_block_delta" in [name for name, _ in events]
+    assert events[-1] == (
+        "error",
+        {
+            "type": "error",
+            "error": {
+                "type": "overloaded_error",
+                "message": "Overloaded (mock fault stream-error).",
+            },
+        },
+    )
+    assert [name for name, _ in anthropic_events(early_raw)] == ["error"]
+
+
 def test_the_drop_fault_closes_a_non_stream_call_without_a_response(client, http):
     with pytest.raises(openai.APIConnectionError):
         client.chat.completions.create(model="mock-fault-drop", messages=MESSAGES)

@@ -7,7 +7,14 @@ from catalog.models import Channel
 from catalog.services import channel_create
 from relay.metering import count_text
 from tests.factories import ModelFactory
-from tests.relay.conftest import CACHED_PRICE, INPUT_PRICE, OUTPUT_PRICE, chat, wait_for_logs
+from tests.relay.conftest import (
+    CACHED_PRICE,
+    INPUT_PRICE,
+    OUTPUT_PRICE,
+    add_channel,
+    chat,
+    wait_for_logs,
+)
 from tokenbyte.money import ceil_div
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -243,6 +250,55 @@ def test_an_upstream_dying_mid_stream_ends_with_an_error_and_bills_what_was_deli
     assert log.completion_tokens == count_text("".join(received)) > 0
     assert log.cost_micros == expected_cost(9, log.completion_tokens)
     assert account.balance() == 10_000_000 - log.cost_micros
+
+
+@pytest.mark.parametrize("provider", ["openai", *PROVIDERS])
+def test_a_providers_error_event_mid_stream_reaches_the_client_and_the_log_as_it_said(
+    make_account, mock, provider
+):
+    mapping = {"gpt-test": "mock-fault-stream-error"}
+    if provider == "openai":
+        add_channel(mock, "erring", "gpt-test", model_mapping=mapping)
+    else:
+        provider_channel(mock, provider, model_mapping=mapping)
+    account = make_account("10", channel=False)
+
+    received = []
+    with pytest.raises(openai.APIError) as excinfo:
+        for chunk in chat(account, stream=True):
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+
+    # The provider's message, once: not a second "broke off" error after it.
+    assert "Overloaded (mock fault stream-error)." in str(excinfo.value)
+    assert "broke off" not in str(excinfo.value)
+    assert received
+    [log] = wait_for_logs(account, 1)
+    assert log.status_code == 502
+    assert log.error_message == "Overloaded (mock fault stream-error)."
+    # The code each provider's error carries (OpenAI's code, Anthropic's type, Gemini's status).
+    codes = {"openai": "overloaded", "anthropic": "overloaded_error", "gemini": "UNAVAILABLE"}
+    assert log.error_code == codes[provider]
+    assert log.completion_tokens == count_text("".join(received)) > 0
+    assert account.balance() == 10_000_000 - log.cost_micros
+
+
+@pytest.mark.parametrize("provider", ["openai", *PROVIDERS])
+def test_a_provider_failing_before_any_content_fails_over_to_the_next_channel(
+    make_account, mock, provider
+):
+    mapping = {"gpt-test": "mock-fault-early-stream-error"}
+    if provider == "openai":
+        add_channel(mock, "erring", "gpt-test", model_mapping=mapping, priority=9)
+    else:
+        provider_channel(mock, provider, model_mapping=mapping, priority=9)
+    account = make_account("10")
+
+    chunks = list(chat(account, stream=True))
+
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    [log] = wait_for_logs(account, 1)
+    assert (log.status_code, log.attempts, log.channel_name) == (200, 2, "healthy")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
