@@ -229,6 +229,16 @@ def chat(account: Account, model: str = "gpt-test", **kwargs):
     return account.client.chat.completions.create(model=model, **kwargs)
 
 
+def stream_until_error(account: Account) -> tuple[list[str], openai.APIError]:
+    """Stream a chat until the relay's error event: the text delivered before it, and the error."""
+    received = []
+    with pytest.raises(openai.APIError) as excinfo:
+        for chunk in chat(account, stream=True):
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+    return received, excinfo.value
+
+
 @pytest.fixture(autouse=True)
 def _relay_quiet(transactional_db):
     """After a test, let the relay finish its database work (settlements, channel bookkeeping)
