@@ -227,24 +227,24 @@ async def run_until_disconnect(request: Request, work: Awaitable) -> object:
     racing two tasks with asyncio.wait: this runs on every call, and that costs twice as much.
     """
     current = asyncio.current_task()
-    state = {"finished": False, "hung_up": False}
+    finished = hung_up = False
 
     async def watch() -> None:
+        nonlocal hung_up
         await request.wait_for_disconnect()
-        if not state["finished"]:
-            state["hung_up"] = True
+        if not finished:
+            hung_up = True
             current.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
-        result = await work
-        state["finished"] = True
-        return result
+        return await work
     except asyncio.CancelledError:
-        if not state["hung_up"]:
+        if not hung_up:
             raise
         current.uncancel()
         raise ClientDisconnected from None
     finally:
-        state["finished"] = True
+        # Set before the watcher can run again: a hang-up after the work cancels nothing.
+        finished = True
         watcher.cancel()

@@ -251,17 +251,16 @@ async def reserve(req: HoldRequest) -> Reservation:
 # relay_settle writes the log row too (relay_log, in relay/migrations/0003), from one JSON object
 # typed by the table: one parameter to adapt instead of thirty.
 SETTLE_SQL = "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
-LOG_FIELDS: list[tuple[str, str]] = []  # (attname, column) of each log column but id and cost
+# (attname, column) of each log column but the id and the cost, which relay_log fills in.
+LOG_FIELDS = [
+    (f.attname, f.column)
+    for f in RequestLog._meta.concrete_fields
+    if f.column not in ("id", "cost_micros")
+]
 
 
 async def settle(outcome: Outcome) -> Settlement:
     """One statement: the settlement and the log row, atomic together."""
-    if not LOG_FIELDS:
-        LOG_FIELDS.extend(
-            (f.attname, f.column)
-            for f in RequestLog._meta.concrete_fields
-            if f.column not in ("id", "cost_micros")
-        )
     key = outcome.key
     now = timezone.now()
     row = log_row(outcome, now)

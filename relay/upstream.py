@@ -10,6 +10,7 @@ import asyncio
 import functools
 import sys
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -55,31 +56,27 @@ class BrokenStream(Exception):
         self.failure = failure
 
 
-class Answer:
-    """An upstream response whose body has not been read yet."""
+class Answer(Protocol):
+    """An upstream response whose body has not been read yet (one class per HTTP client)."""
 
     status: int
 
-    def header(self, name: str) -> str | None:
-        raise NotImplementedError
+    def header(self, name: str) -> str | None: ...
 
     async def read(self) -> bytes:
         """The whole body; a transport failure raises UpstreamFailure."""
-        raise NotImplementedError
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; a transport failure raises BrokenStream."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         """Give the connection back (or drop it when the body was not read to its end)."""
-        raise NotImplementedError
 
 
 # --- aiohttp ------------------------------------------------------------------------------------
 
 
-class AiohttpAnswer(Answer):
+class AiohttpAnswer:
     __slots__ = ("response", "status")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:

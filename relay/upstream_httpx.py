@@ -34,7 +34,7 @@ def failure_from_httpx(exc: httpx.HTTPError) -> UpstreamFailure:
     return failure_from_exception(exc)
 
 
-class HttpxAnswer(Answer):
+class HttpxAnswer:
     __slots__ = ("response", "status")
 
     def __init__(self, response: httpx.Response) -> None:
