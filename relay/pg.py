@@ -36,6 +36,7 @@ from relay.accounting import (
     plan_hold,
     refused,
 )
+from relay.http import RelayError
 from usage.models import RequestLog
 
 HOLD_SQL = "SELECT relay_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -44,8 +45,14 @@ ACQUIRE_TIMEOUT_SECONDS = 30
 REAP_INTERVAL_SECONDS = 0.5
 
 
-class PoolTimeout(Exception):
-    pass
+class PoolTimeout(RelayError):
+    """No database connection in time: the client gets a 503 it may retry, not a 500."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            503, f"The relay's database is busy ({reason}); try again shortly.",
+            code="database_unavailable", headers={"retry-after": "1"},
+        )  # fmt: skip
 
 
 class Pool:

@@ -104,9 +104,12 @@ def test_a_full_pool_times_out_with_a_clear_error(kwargs, monkeypatch):
     async def scenario():
         pool = Pool(kwargs, max_size=1)
         held = await pool.acquire()
-        with pytest.raises(PoolTimeout):
+        with pytest.raises(PoolTimeout) as excinfo:
             await pool.acquire()
         assert not pool.waiters
+        # Answered to the client as a 503 it may retry (the relay app sends RelayErrors as is).
+        assert (excinfo.value.status, excinfo.value.code) == (503, "database_unavailable")
+        assert excinfo.value.headers == {"retry-after": "1"}
         pool.release(held)
         await pool.close()
 
