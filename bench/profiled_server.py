@@ -24,7 +24,8 @@ def main() -> None:
 
     config = uvicorn.Config(
         "relay.asgi:application", host="127.0.0.1", port=port, loop="uvloop",
-        http="httptools", access_log=False, log_level="warning", lifespan="on",
+        http="relay.server:RelayHttpProtocol", timeout_keep_alive=5, access_log=False,
+        log_level="warning", lifespan="on",
     )  # fmt: skip
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None

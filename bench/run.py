@@ -62,8 +62,9 @@ SERVERS = {
     ],
     "uvicorn": lambda port: [
         PYTHON, "-m", "uvicorn", "relay.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-        "--log-level", "warning", "--lifespan", "on",
+        "--port", str(port), "--loop", "uvloop", "--http", "relay.server:RelayHttpProtocol",
+        "--timeout-keep-alive", "5", "--no-access-log", "--log-level", "warning",
+        "--lifespan", "on",
     ],
     "granian": lambda port: [
         str(Path(PYTHON).parent / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
@@ -378,7 +379,7 @@ def main() -> int:
             "bench-stream": ["--chunk-delay-ms", "10", "--chunks", "32"],
         }.items():
             port = free_port()
-            proc = procs.start([PYTHON, "-m", "relay.mock_upstream", "--port", str(port), *options],
+            proc = procs.start([PYTHON, "-m", "mockupstream.server", "--port", str(port), *options],
                                cpu=LOAD_CPU, log_name=f"mock-{model}")  # fmt: skip
             wait_port(port, proc, f"mock {model}")
             mocks[model] = f"http://127.0.0.1:{port}/v1"
@@ -477,13 +478,20 @@ VARIANTS = (
     ("uvicorn", "httpx-aiohttp"),
     ("uvicorn", "httpx"),
 )
+# RELAY_UPSTREAM_CLIENT of each client: aiohttp is built in, the httpx ones live here in bench/.
+CLIENT_SETTINGS = {
+    "aiohttp": "aiohttp",
+    "httpx": "bench.upstream_httpx",
+    "httpx-aiohttp": "bench.upstream_httpx_aiohttp",
+}
 
 
 def compare_servers(procs: Processes, env: dict, key: str, direct: dict, seconds: float) -> dict:
     out = {}
     for server, client in VARIANTS:
         name = f"{server}+{client}"
-        proc, url = start_relay(procs, server, {**env, "RELAY_UPSTREAM_CLIENT": client})
+        client_env = {"RELAY_UPSTREAM_CLIENT": CLIENT_SETTINGS[client]}
+        proc, url = start_relay(procs, server, {**env, **client_env})
         log(f"server comparison: {server}, upstream client {client}")
         lat = latency_rounds({"direct": (direct["bench-fast"], KEY_DIRECT), name: (url, key)}, 3, 1)
         c16 = throughput({"direct": (direct["bench-slow"], KEY_DIRECT), name: (url, key)}, 16,

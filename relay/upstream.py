@@ -2,24 +2,26 @@
 
 The client is aiohttp, called directly: against httpx (even over its aiohttp transport) it
 halves the CPU the relay spends per upstream call, which is most of what bounds throughput on
-one core. `RELAY_UPSTREAM_CLIENT` selects httpx instead (its own or the aiohttp transport,
-relay/upstream_httpx.py) so the benchmark can measure the three side by side.
+one core. `RELAY_UPSTREAM_CLIENT` may name another client instead: the dotted path of a module
+with the same `send(upstream, route)` and `close_clients()` coroutine functions (the benchmark's
+httpx clients, bench/upstream_httpx.py, are measured that way).
 """
 
 import asyncio
 import functools
-import sys
+import importlib
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import Protocol
 
 import aiohttp
 import orjson
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from relay.adapters import UpstreamRequest
 from relay.routing import Route
 
-CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
 MAX_CONNECTIONS = 2000
 MAX_IDLE_CONNECTIONS = 500
 
@@ -143,21 +145,34 @@ async def _send_aiohttp(upstream: UpstreamRequest, route: Route) -> Answer:
 # --- common -------------------------------------------------------------------------------------
 
 
+@functools.cache
+def client_module() -> ModuleType | None:
+    """The module RELAY_UPSTREAM_CLIENT names (imported on first use), None for aiohttp."""
+    if settings.RELAY_UPSTREAM_CLIENT == "aiohttp":
+        return None
+    module = importlib.import_module(settings.RELAY_UPSTREAM_CLIENT)
+    if not all(callable(getattr(module, name, None)) for name in ("send", "close_clients")):
+        raise ImproperlyConfigured(
+            f"RELAY_UPSTREAM_CLIENT {module.__name__} has no send() and close_clients()."
+        )
+    return module
+
+
 async def send(upstream: UpstreamRequest, route: Route) -> Answer:
     """Send the request; the answer's status and headers are in, its body is not read yet."""
-    if settings.RELAY_UPSTREAM_CLIENT == "aiohttp":
+    client = client_module()
+    if client is None:
         return await _send_aiohttp(upstream, route)
-    from relay import upstream_httpx  # not loaded (4 MB) unless chosen
-
-    return await upstream_httpx.send(upstream, route)
+    return await client.send(upstream, route)
 
 
 async def close_clients() -> None:
     for session in list(_sessions.values()):
         await session.close()
     _sessions.clear()
-    if "relay.upstream_httpx" in sys.modules:
-        await sys.modules["relay.upstream_httpx"].close_clients()
+    client = client_module()
+    if client is not None:
+        await client.close_clients()
 
 
 def failure_from_exception(exc: BaseException) -> UpstreamFailure:

@@ -1,17 +1,19 @@
 """Every upstream HTTP client the relay can be configured with (RELAY_UPSTREAM_CLIENT) gives the
 same answers, the same bills and the same errors. aiohttp is the default and is what the rest of
-the suite runs on; httpx and httpx over aiohttp are kept for the benchmark to measure."""
+the suite runs on; httpx and httpx over aiohttp (bench/upstream_httpx.py) are kept for the
+benchmark to measure."""
 
 import openai
 import pytest
 
 from catalog.models import Channel
-from relay.upstream import CLIENTS
 from tests.relay.conftest import _relay_server, add_channel, chat, free_port, wait_for_logs
 from tests.relay.test_relay_errors import assert_nothing_charged
 from tests.relay.test_relay_streaming import cost
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+CLIENTS = ("aiohttp", "bench.upstream_httpx", "bench.upstream_httpx_aiohttp")
 
 
 @pytest.fixture(scope="module", params=CLIENTS)

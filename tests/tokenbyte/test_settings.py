@@ -53,6 +53,19 @@ def test_the_embedded_default_needs_no_variables():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_upstream_client_may_be_a_module_path():
+    result = load_settings({"RELAY_UPSTREAM_CLIENT": "bench.upstream_httpx"})
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("value", ["httpx", "httpx-aiohttp", "bench/upstream_httpx.py"])
+def test_start_up_refuses_an_upstream_client_that_is_neither_aiohttp_nor_a_module_path(value):
+    result = load_settings({"RELAY_UPSTREAM_CLIENT": value})
+
+    assert result.returncode != 0
+    assert "RELAY_UPSTREAM_CLIENT must be aiohttp or a module's dotted path" in result.stderr
+
+
 def test_usd_amounts_become_exact_micros():
     assert usd_to_micros("2.50") == 2_500_000
     assert usd_to_micros("0.000001") == 1

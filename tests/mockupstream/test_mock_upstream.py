@@ -15,7 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from relay.mock_upstream import MODELS, MockUpstream
+from mockupstream.server import MODELS, MockUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
 

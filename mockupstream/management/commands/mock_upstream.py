@@ -3,7 +3,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from relay import mock_upstream
+from mockupstream import server
 from tokenbyte.commands import OperatorCommand, non_negative_int
 
 
@@ -20,7 +20,7 @@ def port_number(value: str) -> int:
 class Command(OperatorCommand):
     help = (
         "Serve the mock LLM upstream (OpenAI, Anthropic and Gemini wire formats) on a local "
-        "port until interrupted. Standalone equivalent: python -m relay.mock_upstream."
+        "port until interrupted. Standalone equivalent: python -m mockupstream.server."
     )
     requires_system_checks = []  # a server that never touches the database starts at once
 
@@ -62,7 +62,7 @@ class Command(OperatorCommand):
             self.stdout.flush()
 
         try:
-            mock_upstream.run(
+            server.run(
                 host,
                 port,
                 checked["--latency-ms"],
@@ -71,7 +71,7 @@ class Command(OperatorCommand):
             )
         except OSError as exc:
             raise CommandError(
-                f"cannot listen on {host}:{port}: {mock_upstream.describe_os_error(exc)}"
+                f"cannot listen on {host}:{port}: {server.describe_os_error(exc)}"
             ) from exc
         self.stdout.write("Mock upstream stopped.")
 

@@ -5,7 +5,7 @@ It is an asyncio protocol on top of the `httptools` parser (uvloop when installe
 framework: about 25,000 non-streaming requests per CPU-second, so the mock is never the
 bottleneck of a benchmark. It does not import Django, so it also runs on its own:
 
-    python -m relay.mock_upstream --port 8001 [--host H] [--latency-ms N] [--chunk-delay-ms N]
+    python -m mockupstream.server --port 8001 [--host H] [--latency-ms N] [--chunk-delay-ms N]
 
 Replies are deterministic: "This is a mock reply to: <first words of the last user message>",
 padded with filler words to the requested length, one word per stream chunk and per completion
@@ -1572,7 +1572,7 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m relay.mock_upstream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mockupstream.server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--latency-ms", type=int, default=0)

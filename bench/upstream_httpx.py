@@ -1,12 +1,12 @@
-"""httpx as the upstream client (RELAY_UPSTREAM_CLIENT=httpx or httpx-aiohttp), kept so the
-benchmark can measure it against aiohttp called directly (relay/upstream.py)."""
+"""httpx as the relay's upstream client, kept so the benchmark can measure it against aiohttp
+called directly (relay/upstream.py): RELAY_UPSTREAM_CLIENT=bench.upstream_httpx for httpx's own
+transport, bench.upstream_httpx_aiohttp for the httpx-aiohttp transport."""
 
 import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
-from django.conf import settings
 
 from relay.adapters import UpstreamRequest
 from relay.routing import Route
@@ -61,30 +61,32 @@ class HttpxAnswer:
         await self.response.aclose()
 
 
-_clients: dict[int, httpx.AsyncClient] = {}
+_clients: dict[tuple[int, bool], httpx.AsyncClient] = {}
 
 
-def _client() -> httpx.AsyncClient:
-    loop_id = id(asyncio.get_running_loop())
-    found = _clients.get(loop_id)
+def _client(aiohttp_transport: bool) -> httpx.AsyncClient:
+    key = (id(asyncio.get_running_loop()), aiohttp_transport)
+    found = _clients.get(key)
     if found is None or found.is_closed:
         limits = httpx.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS
         )
         transport = None
-        if settings.RELAY_UPSTREAM_CLIENT == "httpx-aiohttp":
+        if aiohttp_transport:
             from httpx_aiohttp import AiohttpTransport
 
             transport = AiohttpTransport(limits=limits, trust_env=False)
         found = httpx.AsyncClient(
             transport=transport, limits=limits, follow_redirects=False, trust_env=False
         )
-        _clients[loop_id] = found
+        _clients[key] = found
     return found
 
 
-async def send(upstream: UpstreamRequest, route: Route) -> Answer:
-    http = _client()
+async def send(
+    upstream: UpstreamRequest, route: Route, *, aiohttp_transport: bool = False
+) -> Answer:
+    http = _client(aiohttp_transport)
     request = http.build_request(
         "POST", upstream.url, content=upstream.content, headers=upstream.headers,
         timeout=httpx.Timeout(route.read_timeout, connect=route.connect_timeout),
