@@ -117,7 +117,8 @@ class MembershipInline(admin.TabularInline):
         "can_create_keys",
         "created_at",
     )
-    # The relay moves the allowance counters together with holds; editing them here would race it.
+    # Counters for billing alone: nothing enforces member allowances until organizations land,
+    # and then the holds move them, so an edit here would race a call.
     readonly_fields = ("allowance_used_micros", "allowance_period_start", "created_at")
 
 

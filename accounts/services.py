@@ -244,8 +244,8 @@ def quota_held_tokens(obj: LimitsMixin) -> int:
     from billing.models import Hold  # billing depends on accounts, not the other way round
 
     if isinstance(obj, ApiToken):
-        holds = Hold.objects.filter(status=Hold.Status.OPEN, api_token_id=obj.pk)
-        field = "token_quota_tokens"
+        holds = Hold.objects.filter(status=Hold.Status.OPEN, key_id=obj.pk)
+        field = "key_quota_tokens"
     else:
         holds = Hold.objects.filter(status=Hold.Status.OPEN, group_id=obj.pk)
         field = "group_quota_tokens"

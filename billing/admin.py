@@ -210,7 +210,8 @@ class HoldAdmin(ViewOnlyAdmin):
     list_display = (
         "request_id",
         "wallet",
-        "api_token",
+        "key",
+        "model_id",
         "group",
         "amount",
         "tokens",
@@ -219,8 +220,8 @@ class HoldAdmin(ViewOnlyAdmin):
         "expires_at",
         "closed_at",
     )
-    list_select_related = (*WALLET_OWNER_RELATED, "api_token", "group")
-    list_filter = ("status", "created_at")
+    list_select_related = (*WALLET_OWNER_RELATED, "key", "group")
+    list_filter = ("status", "call_type", "created_at")
     search_fields = ("=request_id", "=wallet__user__email", "=wallet__organization__slug")
     search_help_text = "Exact request id, owner email or organization slug"
     # One row per relayed call.

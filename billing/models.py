@@ -100,28 +100,33 @@ class Hold(models.Model):
 
     request_id = models.CharField(max_length=64, unique=True)
     wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="holds")
-    api_token = models.ForeignKey(
+    key = models.ForeignKey(
         ApiToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="holds"
     )
     group = models.ForeignKey(
         TokenGroup, on_delete=models.SET_NULL, null=True, blank=True, related_name="holds"
     )
+    # What the call was, for the log row the sweep writes when the process serving it died.
+    model_id = models.CharField("model", max_length=100, blank=True)
+    call_type = models.CharField(max_length=24, blank=True)
     membership = models.ForeignKey(
         "accounts.Membership", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     amount_micros = models.BigIntegerField()
     # Part of amount_micros also reserved against the key's credit limit (0 = key has no limit).
-    token_credit_micros = models.BigIntegerField(default=0)
+    key_credit_micros = models.BigIntegerField(default=0)
     # Part of amount_micros also reserved against the group's credit limit (0 = none).
     group_credit_micros = models.BigIntegerField(default=0)
     # Tokens the call may use: prompt estimate + max output tokens × n.
     tokens = models.BigIntegerField(default=0)
     # Of those, reserved against the key's token quota and the group's (0 = no quota there).
-    token_quota_tokens = models.BigIntegerField(default=0)
+    key_quota_tokens = models.BigIntegerField(default=0)
     group_quota_tokens = models.BigIntegerField(default=0)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
-    # After this a sweep releases it: the process that took it has died.
+    # The lease: the process serving the call extends it while the call (or its settlement)
+    # is pending, never past created_at + RELAY_HOLD_TTL_SECONDS. Once it passes, the process
+    # is taken for dead and the sweep releases the hold.
     expires_at = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)
 

@@ -1,20 +1,39 @@
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import IntEnum
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import ApiToken, LimitsMixin, Organization, TokenGroup, User
 from accounts.services import quota_held_tokens
+from billing.holds import (
+    BUDGET_SQL,
+    Budget,
+    CallCharge,
+    HoldKey,
+    HoldParts,
+    HoldRefusal,
+    HoldRefused,
+    HoldRequest,
+    QuotaState,
+    Reservation,
+    Settlement,
+    budget_from,
+    budget_params,
+    hold_attempts,
+    hold_plan,
+    hold_refused,
+    reservation_of,
+)
 from billing.models import Alert, Hold, LedgerEntry, Wallet
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import format_usd
+from usage.models import RequestLog
+from usage.services import request_log_create
 
 logger = logging.getLogger(__name__)
 
@@ -119,68 +138,33 @@ def credit_grant(
     return entry
 
 
-class HoldRefusal(IntEnum):
-    """Why a hold was refused. relay_hold (relay/migrations) returns the same numbers."""
-
-    WALLET = 1
-    KEY_CREDIT = 2
-    KEY_QUOTA = 3
-    GROUP_QUOTA = 4
-    GROUP_CREDIT = 5
-
-
-class HoldRefused(ApplicationError):
-    def __init__(self, refusal: HoldRefusal, *, needed_micros: int, needed_tokens: int) -> None:
-        token_refusal = refusal in (HoldRefusal.KEY_QUOTA, HoldRefusal.GROUP_QUOTA)
-        super().__init__(
-            f"hold refused: {refusal.name.lower()}",
-            code="token_quota_exceeded" if token_refusal else "insufficient_quota",
-            extra={"needed_micros": needed_micros, "needed_tokens": needed_tokens},
-        )
-        self.refusal = refusal
-        self.needed_micros = needed_micros
-        self.needed_tokens = needed_tokens
-
-
-@dataclass(frozen=True)
-class HoldParts:
-    """What a hold reserves besides the wallet credit: the flags say which counters it moves."""
-
-    tokens: int = 0
-    api_token_id: int | None = None
-    group_id: int | None = None
-    token_credit: bool = False
-    token_quota: bool = False
-    group_credit: bool = False
-    group_quota: bool = False
-
-
-# A limit removed since the relay cached the key (NULL) no longer refuses. Table names are ours.
-_FITS = (
-    "(credit_limit_micros IS NULL OR credit_used_micros + %s <= credit_limit_micros),"
-    " (quota_tokens IS NULL OR quota_used_tokens + %s <= quota_tokens)"
-)
+# --- holds and settlement: the ORM backend (SQLite; billing/sql/ has the PostgreSQL twin) ---
 
 
 def _reserve_row(
-    table: str, pk: int, *, credit: int | None, tokens: int | None
+    model: type[LimitsMixin], pk: int, *, credit: int | None, tokens: int | None
 ) -> tuple[bool, bool]:
-    """Conditionally add to a key's or group's counters: (credit fits, tokens fit)."""
-    amounts = [credit or 0, tokens or 0]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET credit_used_micros = credit_used_micros + %s,"  # noqa: S608
-            " quota_used_tokens = quota_used_tokens + %s"
-            " WHERE id = %s"
-            " AND (credit_limit_micros IS NULL OR credit_used_micros + %s <= credit_limit_micros)"
-            " AND (quota_tokens IS NULL OR quota_used_tokens + %s <= quota_tokens)",
-            [*amounts, pk, *amounts],
-        )
-        if cursor.rowcount:
-            return True, True
-        cursor.execute(f"SELECT {_FITS} FROM {table} WHERE id = %s", [*amounts, pk])  # noqa: S608
-        row = cursor.fetchone() or (False, False)
-    return credit is None or bool(row[0]), tokens is None or bool(row[1])
+    """Conditionally add to a key's or group's counters: (credit fits, tokens fit).
+
+    A limit removed since the relay cached the key (NULL) no longer refuses.
+    """
+    credit_amount, token_amount = credit or 0, tokens or 0
+    credit_fits = Q(credit_limit_micros__isnull=True) | Q(
+        credit_limit_micros__gte=F("credit_used_micros") + credit_amount
+    )
+    tokens_fit = Q(quota_tokens__isnull=True) | Q(
+        quota_tokens__gte=F("quota_used_tokens") + token_amount
+    )
+    rows = model.objects.filter(pk=pk)
+    if rows.filter(credit_fits, tokens_fit).update(
+        credit_used_micros=F("credit_used_micros") + credit_amount,
+        quota_used_tokens=F("quota_used_tokens") + token_amount,
+    ):
+        return True, True
+    return (
+        credit is None or rows.filter(credit_fits).exists(),
+        tokens is None or rows.filter(tokens_fit).exists(),
+    )
 
 
 def hold_acquire(
@@ -188,116 +172,120 @@ def hold_acquire(
     request_id: str,
     wallet_id: int,
     amount_micros: int,
-    api_token_id: int | None = None,
-    token_credit_limited: bool = False,
-    parts: HoldParts | None = None,
-    ttl_seconds: int,
+    parts: HoldParts,
+    lease_seconds: int,
+    model_id: str = "",
+    call_type: str = "",
 ) -> Hold:
     """Reserve credit and tokens for one call with conditional updates: concurrent calls cannot
     overspend a wallet, a key's or a group's credit limit, or a key's or a group's token quota.
 
     Each counter is only moved `WHERE used + amount <= limit` (the wallet `WHERE balance - held
-    >= amount`); a zero row count refuses the call and rolls the whole reservation back. Rows are
-    taken in the order every path uses (key, group, wallet), so two holds cannot deadlock. The
-    same rules run as one SQL function on the relay's PostgreSQL fast path (relay_hold).
+    >= amount`); a zero row count raises HoldRefused and rolls the whole reservation back. Rows
+    are taken in the order of every path (hold, key, group, wallet), so two holds cannot
+    deadlock. Holding a request id twice (a retry) returns the first hold and moves nothing.
     """
     if amount_micros < 0:
         raise ApplicationError("a hold cannot be negative")
-    if parts is None:
-        parts = HoldParts(api_token_id=api_token_id, token_credit=token_credit_limited)
-    tokens = parts.tokens
+    existing = Hold.objects.filter(request_id=request_id).first()
+    if existing is not None:
+        return existing
     now = timezone.now()
-
-    def refuse(refusal: HoldRefusal) -> HoldRefused:
-        return HoldRefused(refusal, needed_micros=amount_micros, needed_tokens=tokens)
-
     with transaction.atomic():
         # Raising inside the block rolls back whatever was reserved before.
-        if parts.token_credit or parts.token_quota:
+        if parts.key_credit or parts.key_quota:
             credit_ok, tokens_ok = _reserve_row(
-                "accounts_apitoken",
-                parts.api_token_id,
-                credit=amount_micros if parts.token_credit else None,
-                tokens=tokens if parts.token_quota else None,
+                ApiToken,
+                parts.key_id,
+                credit=amount_micros if parts.key_credit else None,
+                tokens=parts.tokens if parts.key_quota else None,
             )
             if not tokens_ok:
-                raise refuse(HoldRefusal.KEY_QUOTA)
+                raise HoldRefused(HoldRefusal.KEY_QUOTA)
             if not credit_ok:
-                raise refuse(HoldRefusal.KEY_CREDIT)
-        if parts.group_credit or parts.group_quota:
+                raise HoldRefused(HoldRefusal.KEY_CREDIT)
+        in_group = parts.group_credit or parts.group_quota
+        if in_group:
             credit_ok, tokens_ok = _reserve_row(
-                "accounts_tokengroup",
+                TokenGroup,
                 parts.group_id,
                 credit=amount_micros if parts.group_credit else None,
-                tokens=tokens if parts.group_quota else None,
+                tokens=parts.tokens if parts.group_quota else None,
             )
             if not tokens_ok:
-                raise refuse(HoldRefusal.GROUP_QUOTA)
+                raise HoldRefused(HoldRefusal.GROUP_QUOTA)
             if not credit_ok:
-                raise refuse(HoldRefusal.GROUP_CREDIT)
+                raise HoldRefused(HoldRefusal.GROUP_CREDIT)
         reserved = Wallet.objects.filter(
             pk=wallet_id, balance_micros__gte=F("held_micros") + amount_micros
         ).update(held_micros=F("held_micros") + amount_micros)
         if not reserved:
-            raise refuse(HoldRefusal.WALLET)
+            raise HoldRefused(HoldRefusal.WALLET)
         return Hold.objects.create(
             request_id=request_id,
             wallet_id=wallet_id,
-            api_token_id=parts.api_token_id,
-            group_id=parts.group_id if (parts.group_credit or parts.group_quota) else None,
+            key_id=parts.key_id,
+            group_id=parts.group_id if in_group else None,
+            model_id=model_id[:100],
+            call_type=call_type[:24],
             amount_micros=amount_micros,
-            token_credit_micros=amount_micros if parts.token_credit else 0,
+            key_credit_micros=amount_micros if parts.key_credit else 0,
             group_credit_micros=amount_micros if parts.group_credit else 0,
-            tokens=tokens,
-            token_quota_tokens=tokens if parts.token_quota else 0,
-            group_quota_tokens=tokens if parts.group_quota else 0,
+            tokens=parts.tokens,
+            key_quota_tokens=parts.tokens if parts.key_quota else 0,
+            group_quota_tokens=parts.tokens if parts.group_quota else 0,
             created_at=now,
-            expires_at=now + timedelta(seconds=ttl_seconds),
+            expires_at=now + timedelta(seconds=lease_seconds),
         )
 
 
-@dataclass(frozen=True)
-class QuotaState:
-    """A key's or group's quota right after a settlement moved it, holds in flight included."""
-
-    used_tokens: int
-    quota_tokens: int | None
-    alerted_percent: int
+def _budget(key: HoldKey) -> Budget:
+    with connection.cursor() as cursor:
+        cursor.execute(BUDGET_SQL, budget_params(key))
+        return budget_from(key, cursor.fetchone())
 
 
-@dataclass(frozen=True)
-class Settlement:
-    charged_micros: int
-    # The wallet went below its low-balance threshold and has not alerted since it did.
-    low_balance: bool = False
-    key_quota: QuotaState | None = None
-    group_quota: QuotaState | None = None
-
-
-HOLD_PARTS_SQL = (
-    "token_credit_micros, group_credit_micros, tokens, token_quota_tokens, group_quota_tokens,"
-    " api_token_id, group_id"
-)
-QUOTA_RETURNING = "quota_used_tokens, quota_tokens, quota_alerted_percent"
+def hold_reserve_orm(req: HoldRequest) -> Reservation:
+    """Plan and take the hold of a call (billing.settlement calls it on a database thread)."""
+    budget = None
+    for attempt in range(hold_attempts(req)):
+        if attempt:
+            budget = _budget(req.key)
+        plan = hold_plan(req, budget)
+        try:
+            hold_acquire(
+                request_id=req.request_id,
+                wallet_id=req.key.wallet_id,
+                amount_micros=plan.amount_micros,
+                parts=plan.parts,
+                lease_seconds=settings.RELAY_HOLD_LEASE_SECONDS,
+                model_id=req.model_id,
+                call_type=req.call_type,
+            )
+        except HoldRefused as exc:
+            refusal = exc.reason
+            continue
+        return reservation_of(req, plan)
+    if budget is None and refusal.is_quota:
+        budget = _budget(req.key)
+    raise hold_refused(req, refusal, plan, budget)
 
 
 def _move_counters(
-    table: str, pk: int | None, *, credit_delta: int | None, tokens_delta: int | None
+    model: type[LimitsMixin], pk: int | None, *, credit_delta: int | None, tokens_delta: int | None
 ) -> QuotaState | None:
     """Move a key's or group's counters (None: leave that one alone); the quota after it."""
     if pk is None or (credit_delta is None and tokens_delta is None):
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET credit_used_micros = credit_used_micros + %s,"  # noqa: S608
-            " quota_used_tokens = quota_used_tokens + %s"
-            f" WHERE id = %s RETURNING {QUOTA_RETURNING}",
-            [credit_delta or 0, tokens_delta or 0, pk],
-        )
-        row = cursor.fetchone()
-    if row is None or tokens_delta is None:
+    rows = model.objects.filter(pk=pk)
+    rows.update(
+        credit_used_micros=F("credit_used_micros") + (credit_delta or 0),
+        quota_used_tokens=F("quota_used_tokens") + (tokens_delta or 0),
+    )
+    if tokens_delta is None:
         return None
-    return QuotaState(*row)
+    row = rows.values_list("quota_used_tokens", "quota_tokens", "quota_alerted_percent").first()
+    return QuotaState(*row) if row is not None else None
 
 
 def _delta(actual: int, held: int) -> int | None:
@@ -305,156 +293,216 @@ def _delta(actual: int, held: int) -> int | None:
     return actual - held if held else None
 
 
-def hold_settle(
-    *,
-    request_id: str,
-    wallet_id: int,
-    hold_micros: int,
-    cost_micros: int,
-    used_tokens: int = 0,
-    description: str = "",
-) -> Settlement:
+def _log_write(charge: CallCharge) -> bool:
+    """The call's log row, first: False when the request has one already (a replay). The one
+    row it replaces is the sweep's placeholder for a call whose process looked dead."""
+    fields = {**charge.log, "cost_micros": charge.charge_micros}
+    try:
+        with transaction.atomic():
+            request_log_create(**fields)
+        return True
+    except IntegrityError:
+        placeholder = RequestLog.objects.filter(
+            request_id=charge.request_id, error_code=PROCESS_LOST
+        )
+        return bool(placeholder.update(**fields))
+
+
+def call_settle_orm(charge: CallCharge) -> Settlement:
+    """Close the hold, debit the cost, count the tokens and write the log row in one
+    transaction: the ORM twin of billing_settle. Idempotent on the request id."""
+    with transaction.atomic():
+        if not _log_write(charge):
+            cost = RequestLog.objects.values_list("cost_micros", flat=True).get(
+                request_id=charge.request_id
+            )
+            return Settlement(charged_micros=cost, replayed=True)
+        if not charge.held:
+            if charge.touch_last_used:
+                ApiToken.objects.filter(pk=charge.key_id).update(last_used_at=charge.now)
+            return Settlement(charged_micros=0)
+        settlement = hold_settle(charge)
+        if charge.touch_last_used:
+            ApiToken.objects.filter(pk=charge.key_id).update(last_used_at=charge.now)
+    return settlement
+
+
+def hold_settle(charge: CallCharge) -> Settlement:
     """Replace an open hold with the actual cost and tokens: one ledger entry keyed by the
     request id; the key's and group's counters get back what the hold took beyond the actual use.
 
-    Must run inside the caller's transaction (with the request log). Charges at most the hold
-    and counts at most the tokens it reserved. Settling twice charges once.
+    Runs inside call_settle_orm's transaction (with the log row). Charges at most the hold and
+    counts at most the tokens it reserved.
     """
-    now = timezone.now()
-    charged = max(0, min(cost_micros, hold_micros))
+    charged = charge.charge_micros
     status = Hold.Status.SETTLED if charged else Hold.Status.RELEASED
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE billing_hold SET status = %s, closed_at = %s"  # noqa: S608
-            f" WHERE request_id = %s AND status = %s RETURNING {HOLD_PARTS_SQL}",
-            [status, now, request_id, Hold.Status.OPEN],
-        )
-        parts = cursor.fetchone()
-    if parts is None:
-        # The sweep released it (the call outlived its hold); charge what is still there.
-        return _late_settle(
-            request_id=request_id, wallet_id=wallet_id, cost_micros=charged, used_tokens=used_tokens
-        )
-    token_credit, group_credit, held_tokens, token_quota, group_quota, token_id, group_id = parts
-    counted = max(0, min(used_tokens, held_tokens))
+    hold = Hold.objects.filter(request_id=charge.request_id).first()
+    opened = Hold.objects.filter(request_id=charge.request_id, status=Hold.Status.OPEN).update(
+        status=status, closed_at=charge.now
+    )
+    if not opened:
+        # The sweep released it (the call outlived its lease); charge what is still there.
+        return _late_settle(charge, hold)
+    counted = max(0, min(charge.used_tokens, hold.tokens))
     key_quota = _move_counters(
-        "accounts_apitoken", token_id,
-        credit_delta=_delta(charged, token_credit), tokens_delta=_delta(counted, token_quota),
+        ApiToken, hold.key_id,
+        credit_delta=_delta(charged, hold.key_credit_micros),
+        tokens_delta=_delta(counted, hold.key_quota_tokens),
     )  # fmt: skip
-    group_state = _move_counters(
-        "accounts_tokengroup", group_id,
-        credit_delta=_delta(charged, group_credit), tokens_delta=_delta(counted, group_quota),
+    group_quota = _move_counters(
+        TokenGroup, hold.group_id,
+        credit_delta=_delta(charged, hold.group_credit_micros),
+        tokens_delta=_delta(counted, hold.group_quota_tokens),
     )  # fmt: skip
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE billing_wallet SET held_micros = held_micros - %s,"
-            " balance_micros = balance_micros - %s WHERE id = %s"
-            " RETURNING balance_micros, low_balance_threshold_micros, low_balance_alerted_at",
-            [hold_micros, charged, wallet_id],
-        )
-        balance_after, threshold, alerted_at = cursor.fetchone()
+    wallet = Wallet.objects.filter(pk=charge.wallet_id)
+    wallet.update(
+        held_micros=F("held_micros") - charge.hold_micros,
+        balance_micros=F("balance_micros") - charged,
+    )
+    balance_after, threshold, alerted_at = wallet.values_list(
+        "balance_micros", "low_balance_threshold_micros", "low_balance_alerted_at"
+    ).get()
     if charged:
-        LedgerEntry.objects.create(
-            wallet_id=wallet_id,
-            kind=LedgerEntry.Kind.USAGE,
-            amount_micros=-charged,
-            balance_after_micros=balance_after,
-            idempotency_key=f"usage:{request_id}",
-            reference=request_id,
-            description=description[:255],
-            created_at=now,
-        )
+        _usage_entry(charge, charged, balance_after)
     return Settlement(
         charged_micros=charged,
         low_balance=bool(
             charged and threshold is not None and balance_after < threshold and alerted_at is None
         ),
         key_quota=key_quota,
-        group_quota=group_state,
+        group_quota=group_quota,
     )
 
 
-def _late_settle(
-    *, request_id: str, wallet_id: int, cost_micros: int, used_tokens: int
-) -> Settlement:
+def _usage_entry(charge: CallCharge, charged: int, balance_after: int) -> None:
+    LedgerEntry.objects.create(
+        wallet_id=charge.wallet_id,
+        kind=LedgerEntry.Kind.USAGE,
+        amount_micros=-charged,
+        balance_after_micros=balance_after,
+        idempotency_key=f"usage:{charge.request_id}",
+        reference=charge.request_id,
+        description=charge.description[:255],
+        created_at=charge.now,
+    )
+
+
+def _late_settle(charge: CallCharge, hold: Hold | None) -> Settlement:
     """Settle a call whose hold the sweep already released: its reservations are gone, so the
-    usage itself is counted on the key and group, and the wallet is charged what it still has."""
-    hold = Hold.objects.filter(request_id=request_id).first()
-    if hold is None:
-        return Settlement(charged_micros=_late_debit(
-            request_id=request_id, wallet_id=wallet_id, cost_micros=cost_micros
-        ))  # fmt: skip
-    counted = max(0, min(used_tokens, hold.tokens))
-    rows = (
-        ("accounts_apitoken", hold.api_token_id, hold.token_credit_micros, hold.token_quota_tokens),
-        ("accounts_tokengroup", hold.group_id, hold.group_credit_micros, hold.group_quota_tokens),
-    )
-    # Key, group, then the wallet (in ledger_post): the order of every path.
-    for table, pk, credit_held, tokens_held in rows:
+    usage itself is counted on the key and group, and the wallet is charged what calls in flight
+    do not hold (all of the cost or nothing)."""
+    cost = charge.charge_micros
+    tokens = hold.tokens if hold is not None else 0
+    counted = max(0, min(charge.used_tokens, tokens))
+    rows = []
+    if hold is not None:
+        rows = [
+            (ApiToken, hold.key_id, hold.key_credit_micros, hold.key_quota_tokens),
+            (TokenGroup, hold.group_id, hold.group_credit_micros, hold.group_quota_tokens),
+        ]
+    # Key, group, then the wallet: the order of every path.
+    for model, pk, credit_held, tokens_held in rows:
         _move_counters(
-            table, pk, credit_delta=cost_micros if credit_held else None,
+            model, pk, credit_delta=cost if credit_held else None,
             tokens_delta=counted if tokens_held else None,
         )  # fmt: skip
-    charged = _late_debit(request_id=request_id, wallet_id=wallet_id, cost_micros=cost_micros)
-    if charged != cost_micros:
-        for table, pk, credit_held, _ in rows:
+    if not cost:
+        return Settlement(charged_micros=0)
+    wallet = Wallet.objects.filter(pk=charge.wallet_id)
+    if not wallet.filter(balance_micros__gte=F("held_micros") + cost).update(
+        balance_micros=F("balance_micros") - cost
+    ):
+        for model, pk, credit_held, _ in rows:
             if credit_held:
-                _move_counters(table, pk, credit_delta=charged - cost_micros, tokens_delta=None)
-    return Settlement(charged_micros=charged)
+                _move_counters(model, pk, credit_delta=-cost, tokens_delta=None)
+        RequestLog.objects.filter(request_id=charge.request_id).update(cost_micros=0)
+        logger.warning("request %s could not be charged after its hold expired", charge.request_id)
+        return Settlement(charged_micros=0)
+    _usage_entry(charge, cost, wallet.values_list("balance_micros", flat=True).get())
+    return Settlement(charged_micros=cost)
 
 
-def _late_debit(*, request_id: str, wallet_id: int, cost_micros: int) -> int:
-    if not cost_micros:
+# The log row's error code for a call whose relay process stopped before settling it.
+PROCESS_LOST = "relay_process_lost"
+
+
+def holds_heartbeat(*, request_ids: list[str], now: datetime | None = None) -> int:
+    """Extend the leases of calls this process still serves (never past the hold's TTL)."""
+    if not request_ids:
         return 0
-    try:
-        entry, _ = ledger_post(
-            wallet=Wallet(pk=wallet_id),
-            kind=LedgerEntry.Kind.USAGE,
-            amount_micros=-cost_micros,
-            idempotency_key=f"usage:{request_id}",
-            reference=request_id,
-            description="usage settled after its hold expired",
+    now = now or timezone.now()
+    lease = now + timedelta(seconds=settings.RELAY_HOLD_LEASE_SECONDS)
+    ttl = timedelta(seconds=settings.RELAY_HOLD_TTL_SECONDS)
+    extended = 0
+    for hold in Hold.objects.filter(request_id__in=request_ids, status=Hold.Status.OPEN).only(
+        "pk", "created_at"
+    ):
+        extended += Hold.objects.filter(pk=hold.pk, status=Hold.Status.OPEN).update(
+            expires_at=min(lease, hold.created_at + ttl)
         )
-    except ApplicationError:
-        logger.warning("request %s could not be charged after its hold expired", request_id)
-        return 0
-    return -entry.amount_micros
+    return extended
 
 
 def holds_release_expired(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Release holds left open by a process that died mid-call. Safe to run concurrently."""
+    """Release holds whose lease ran out: the process serving the call died (or lost the
+    database for longer than a lease). Each gets a log row saying so, unless the call has one;
+    a settlement that still arrives replaces it. Safe to run concurrently."""
     now = now or timezone.now()
     released = 0
     expired = Hold.objects.filter(status=Hold.Status.OPEN, expires_at__lt=now).values_list(
-        "pk", "request_id"
+        "pk", flat=True
     )[:limit]
-    for pk, request_id in expired:
-        with transaction.atomic(), connection.cursor() as cursor:
+    for pk in expired:
+        with transaction.atomic():
             # The conditional update decides who releases it: a sweep or a late settlement.
-            cursor.execute(
-                f"UPDATE billing_hold SET status = %s, closed_at = %s"  # noqa: S608
-                f" WHERE id = %s AND status = %s RETURNING {HOLD_PARTS_SQL}, wallet_id,"
-                " amount_micros",
-                [Hold.Status.RELEASED, now, pk, Hold.Status.OPEN],
-            )
-            row = cursor.fetchone()
-            if row is None:
+            if not Hold.objects.filter(pk=pk, status=Hold.Status.OPEN).update(
+                status=Hold.Status.RELEASED, closed_at=now
+            ):
                 continue
-            token_credit, group_credit, _, token_quota, group_quota, token_id, group_id = row[:7]
-            wallet_id, amount = row[7:]
+            hold = Hold.objects.select_related("key", "wallet").get(pk=pk)
             # Same row order as holds and settlements: key, group, wallet.
             _move_counters(
-                "accounts_apitoken", token_id,
-                credit_delta=_delta(0, token_credit), tokens_delta=_delta(0, token_quota),
+                ApiToken, hold.key_id,
+                credit_delta=_delta(0, hold.key_credit_micros),
+                tokens_delta=_delta(0, hold.key_quota_tokens),
             )  # fmt: skip
             _move_counters(
-                "accounts_tokengroup", group_id,
-                credit_delta=_delta(0, group_credit), tokens_delta=_delta(0, group_quota),
+                TokenGroup, hold.group_id,
+                credit_delta=_delta(0, hold.group_credit_micros),
+                tokens_delta=_delta(0, hold.group_quota_tokens),
             )  # fmt: skip
-            Wallet.objects.filter(pk=wallet_id).update(held_micros=F("held_micros") - amount)
+            Wallet.objects.filter(pk=hold.wallet_id).update(
+                held_micros=F("held_micros") - hold.amount_micros
+            )
+            _process_lost_log(hold, now)
             released += 1
-            logger.info("released the expired hold of %s", request_id)
+            logger.info("released the expired hold of %s", hold.request_id)
     return released
+
+
+def _process_lost_log(hold: Hold, now: datetime) -> None:
+    owner_id = hold.key.owner_id if hold.key is not None else hold.wallet.user_id
+    if owner_id is None or RequestLog.objects.filter(request_id=hold.request_id).exists():
+        return
+    RequestLog.objects.create(
+        request_id=hold.request_id,
+        created_at=hold.created_at,
+        user_id=owner_id,
+        organization_id=hold.wallet.organization_id,
+        api_token_id=hold.key_id,
+        token_name=hold.key.name if hold.key is not None else "",
+        group_id=hold.group_id,
+        model_id=hold.model_id,
+        call_type=hold.call_type,
+        status_code=500,
+        duration_ms=round((now - hold.created_at).total_seconds() * 1000),
+        attempts=0,
+        error_code=PROCESS_LOST,
+        error_message=(
+            "The relay process serving this call stopped before it could settle it; "
+            "the hold was released and nothing was charged."
+        ),
+    )
 
 
 # --- alerts -------------------------------------------------------------------------------------
@@ -573,15 +621,21 @@ def wallet_low_balance_alert_raise(*, wallet_id: int, now: datetime | None = Non
     return alert
 
 
+SEND_ALERT_EMAIL = "tasks.tasks.send_alert_email"
+
+
 def _queue_alert_emails(alerts: list[Alert]) -> None:
-    # The tasks module imports the services; importing it here keeps the cycle out of load time.
-    from tasks.tasks import send_alert_email
+    # Queued by name: tasks import their services, never the other way round. The Celery app
+    # is loaded only here (a relay process has no use for it until an alert fires).
+    from tokenbyte.celery import app
 
     for alert in alerts:
         # After the commit: the worker must find the row, and a rolled-back alert sends nothing.
         # Robust: a broker that is down is logged and leaves the alert unsent (emailed_at empty)
         # rather than failing the caller after its alerts are committed.
-        transaction.on_commit(lambda pk=alert.pk: send_alert_email.delay(pk), robust=True)
+        transaction.on_commit(
+            lambda pk=alert.pk: app.signature(SEND_ALERT_EMAIL, args=(pk,)).delay(), robust=True
+        )
 
 
 def alert_email_send(*, alert_id: int) -> bool:

@@ -5,22 +5,36 @@ import contextlib
 import ctypes
 import gc
 import logging
+from collections.abc import Awaitable
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
-from relay import alerts, db, metering, pg, ratelimit, upstream, views
+from billing import settlement
+from relay import alerts, endpoints, metering, ratelimit, upstream
+from relay.calls import CHAT, COMPLETIONS, EMBEDDINGS
 from relay.http import ClientDisconnected, Receive, RelayError, Request, Scope, Send
+from tokenbyte import db, pg
 
 logger = logging.getLogger(__name__)
 
 # Allocations (net of frees) before a young-generation collection; CPython's default is 700.
 GC_YOUNG_THRESHOLD = 10_000
+# How long a stopping process waits for its background work (channel bookkeeping, key reloads).
+SHUTDOWN_DRAIN_SECONDS = 10
+DATABASE_UNAVAILABLE = RelayError(
+    503, "The relay's database is unavailable right now; try again shortly.",
+    code="database_unavailable", headers={"retry-after": "1"},
+)  # fmt: skip
 
 POST_ROUTES = {
-    "/v1/chat/completions": views.CHAT,
-    "/v1/completions": views.COMPLETIONS,
-    "/v1/embeddings": views.EMBEDDINGS,
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/embeddings": EMBEDDINGS,
 }
+GET_METHODS = ("GET", "HEAD")
+ALLOW_POST = {"allow": "POST"}
+ALLOW_GET = {"allow": "GET, HEAD"}
 # OpenAI endpoints this relay knows but does not serve yet: 501, not 404.
 NOT_IMPLEMENTED = {
     "/v1/images/generations",
@@ -41,16 +55,21 @@ async def dispatch(request: Request) -> None:
     endpoint = POST_ROUTES.get(path)
     if endpoint is not None:
         if method != "POST":
-            raise RelayError(405, f"Use POST for {path}.", code="method_not_allowed")
-        await views.generation(request, endpoint)
+            raise RelayError(
+                405, f"Use POST for {path}.", code="method_not_allowed", headers=ALLOW_POST
+            )
+        await endpoints.generation(request, endpoint)
         return
+    # HEAD is answered as GET; the server sends the head of the response without its body.
     if path == "/v1/models":
-        if method != "GET":
-            raise RelayError(405, f"Use GET for {path}.", code="method_not_allowed")
-        await views.models_list(request)
+        if method not in GET_METHODS:
+            raise RelayError(
+                405, f"Use GET for {path}.", code="method_not_allowed", headers=ALLOW_GET
+            )
+        await endpoints.models_list(request)
         return
-    if path.startswith("/v1/models/") and method == "GET":
-        await views.model_detail(request, path.removeprefix("/v1/models/"))
+    if path.startswith("/v1/models/") and method in GET_METHODS:
+        await endpoints.model_detail(request, path.removeprefix("/v1/models/"))
         return
     if path in NOT_IMPLEMENTED or path.startswith("/v1/tasks/"):
         raise RelayError(501, f"{path} is not implemented by this relay.", code="not_implemented")
@@ -58,9 +77,22 @@ async def dispatch(request: Request) -> None:
 
 
 class RelayApp:
+    """The relay's ASGI app and its process state: background work is started with spawn(),
+    and shutdown waits for it (settlements first: a stopping server must not drop one)."""
+
     def __init__(self) -> None:
-        self._scheduler: asyncio.Task | None = None
         self._started = False
+        self._background: set[asyncio.Task] = set()
+        self._loops: list[asyncio.Task] = []
+        # The catalog's reload in the background (one at a time).
+        self.catalog_refresh: asyncio.Task | None = None
+
+    def spawn(self, coroutine: Awaitable) -> asyncio.Task:
+        """Run `coroutine` in the background, kept referenced until it finishes."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -69,13 +101,16 @@ class RelayApp:
         if not self._started:
             # Servers without the lifespan protocol (daphne) start us on the first request.
             await self.startup()
-        request = Request(scope, receive, send)
+        request = Request(scope, receive, send, self)
         try:
             await dispatch(request)
         except RelayError as error:
             await request.respond_error(error)
         except ClientDisconnected:
             pass
+        except (pg.DatabaseUnavailable, OperationalError, InterfaceError) as exc:
+            logger.warning("database unavailable for %s: %s", request.request_id, exc)
+            await request.respond_error(DATABASE_UNAVAILABLE)
         except Exception:
             logger.exception("relay bug while serving %s %s", request.method, request.path)
             await request.respond_error(
@@ -90,16 +125,20 @@ class RelayApp:
         await asyncio.get_running_loop().run_in_executor(None, metering.encoding)
         release_free_memory()
         settle_garbage_collector()
-        if settings.RELAY_INPROCESS_SCHEDULER and self._scheduler is None:
+        # Drains the settlement outbox (what this or a dead process left) and keeps leases.
+        self._loops.append(asyncio.ensure_future(settlement.upkeep()))
+        if settings.RELAY_INPROCESS_SCHEDULER:
             from relay.scheduler import run_periodic_jobs
 
-            self._scheduler = asyncio.ensure_future(run_periodic_jobs())
+            self._loops.append(asyncio.ensure_future(run_periodic_jobs()))
 
     async def shutdown(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            self._scheduler = None
+        for loop in self._loops:
+            loop.cancel()
+        self._loops = []
         self._started = False
+        if self._background:
+            await asyncio.wait(self._background, timeout=SHUTDOWN_DRAIN_SECONDS)
         await alerts.drain()
         await ratelimit.close()
         await upstream.close_clients()

@@ -1,6 +1,7 @@
 """ASGI entry point of a relay-only process: /v1 and nothing else.
 
-    uvicorn relay.asgi:application --loop uvloop --http httptools --no-access-log
+    uvicorn relay.asgi:application --loop uvloop --http relay.server:RelayHttpProtocol \\
+        --timeout-keep-alive 5 --no-access-log
 
 Behind a load balancer that sends /v1 here and everything else to `tokenbyte.asgi`. A process of
 `tokenbyte.asgi` serves /v1 the same way; this one is leaner (see tokenbyte/settings_relay.py).

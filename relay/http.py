@@ -21,8 +21,11 @@ ERROR_TYPES = {
     401: "invalid_request_error",
     403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",
     500: "server_error",
     501: "invalid_request_error",
     502: "upstream_error",
@@ -89,11 +92,13 @@ def new_request_id() -> str:
 
 class Request:
     __slots__ = (
-        "body", "headers", "method", "out_headers", "path", "receive", "request_id", "scope",
-        "send",
+        "app", "body", "headers", "method", "out_headers", "path", "receive", "request_id",
+        "scope", "send",
     )  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, app=None) -> None:
+        # The RelayApp serving it: its spawn() runs the request's background work.
+        self.app = app
         self.scope = scope
         self.receive = receive
         self.send = send

@@ -24,7 +24,7 @@ _MAX_CACHED_KEYS = 50_000
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
-    token_id: int
+    key_id: int
     name: str
     owner_id: int
     organization_id: int | None
@@ -128,7 +128,7 @@ def _load(digest: str) -> KeyInfo | None:
     group = token.group
     in_org = token.organization_id is not None
     return KeyInfo(
-        token_id=token.pk,
+        key_id=token.pk,
         name=token.name,
         owner_id=token.owner_id,
         organization_id=token.organization_id,
@@ -197,12 +197,12 @@ SELECT t.id, t.name, t.owner_id, t.organization_id, t.group_id, coalesce(g.name,
 def from_row(row: tuple | None) -> KeyInfo | None:
     if row is None:
         return None
-    (token_id, name, owner_id, organization_id, group_id, group_name, wallet_id, status,
+    (key_id, name, owner_id, organization_id, group_id, group_name, wallet_id, status,
      expires_at, blocked, active, models, ips, cap, credit_limit, quota, rpm, tpm, rpd,
      group_quota, group_credit_limit, group_rpm, group_tpm, group_rpd, thresholds,
      group_thresholds, low_balance_threshold) = row  # fmt: skip
     return KeyInfo(
-        token_id=token_id,
+        key_id=key_id,
         name=name,
         owner_id=owner_id,
         organization_id=organization_id,

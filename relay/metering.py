@@ -135,22 +135,3 @@ def cost_micros(model: ModelInfo, usage: Usage) -> int:
 def usd(micros: int) -> float:
     """micro-USD as the JSON number of `usage.cost` (exact to 6 decimals when printed)."""
     return round(micros / 1_000_000, 6)
-
-
-def hold_for(model: ModelInfo, prompt_tokens: int, output_tokens: int) -> int:
-    """Worst-case cost, micro-USD, of a call with this prompt and this many output tokens."""
-    return ceil_div(
-        prompt_tokens * model.input_price + output_tokens * model.output_price, 1_000_000
-    )
-
-
-def affordable_output_tokens(
-    model: ModelInfo, prompt_tokens: int, budget_micros: int, n: int
-) -> int:
-    """The most output tokens (per choice) that `budget_micros` covers after the prompt."""
-    left = budget_micros * 1_000_000 - prompt_tokens * model.input_price
-    if left < 0:
-        return 0
-    if model.output_price == 0:
-        return 1 << 30
-    return left // (model.output_price * n)

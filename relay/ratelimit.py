@@ -72,7 +72,7 @@ class Scope:
 def scopes_of(key: KeyInfo) -> tuple[Scope, ...]:
     scopes = []
     if key.rpm is not None or key.tpm is not None or key.rpd is not None:
-        scopes.append(Scope(f"k:{key.token_id}", "API key", key.rpm, key.tpm, key.rpd))
+        scopes.append(Scope(f"k:{key.key_id}", "API key", key.rpm, key.tpm, key.rpd))
     if key.group_id is not None and (
         key.group_rpm is not None or key.group_tpm is not None or key.group_rpd is not None
     ):
@@ -526,7 +526,7 @@ async def admit(key: KeyInfo, *, member: str, tokens: int) -> Admission | None:
     try:
         admitted, raw = await limiter().check(scopes, member, tokens, None)
     except LimiterUnavailable:
-        logger.exception("rate limiter unavailable; key %s passes unlimited", key.token_id)
+        logger.exception("rate limiter unavailable; key %s passes unlimited", key.key_id)
         return None
     return Admission.from_raw(scopes, member, tokens, admitted, raw)
 

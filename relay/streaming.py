@@ -52,6 +52,8 @@ class SSEMeter:
         self.first_content_seen = False
         self.excerpt: list[str] = []
         self._excerpt_len = 0
+        # id, model and created of the first chunk, for a usage chunk of our own.
+        self.meta: tuple | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Complete events (with their blank-line terminator) to forward now."""
@@ -84,6 +86,8 @@ class SSEMeter:
         if not isinstance(chunk, dict):
             self.malformed = True
             return None
+        if self.meta is None:
+            self.meta = (chunk.get("id"), chunk.get("model"), chunk.get("created"))
         error = chunk.get("error")
         if isinstance(error, dict):
             self.error = (
@@ -115,6 +119,26 @@ class SSEMeter:
 
     def response_excerpt(self) -> str:
         return "".join(self.excerpt)[:500]
+
+
+def usage_event(meter: SSEMeter, usage: Usage, cost: float) -> bytes:
+    """The usage chunk (choices empty, cost added) for a stream that failed before the upstream
+    sent its own: a client that asked for include_usage still learns what the call cost."""
+    chunk_id, model, created = meter.meta or ("", "", 0)
+    chunk = {
+        "id": chunk_id or "",
+        "object": "chat.completion.chunk",
+        "created": created or 0,
+        "model": model or "",
+        "choices": [],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "cost": cost,
+        },
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 def error_event(message: str, code: str) -> bytes:

@@ -107,6 +107,8 @@ class Services:
         return {
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:{self.pg_port}/tokenbyte",
             "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            # For the fault tests, which restart the server under load.
+            "TEST_PG_CTL": " ".join([*self.as_postgres, pg_bin("pg_ctl"), "-D", str(self.pgdata)]),
         }
 
     def stop(self) -> None:

@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from tasks.schedule import PERIODIC_JOBS
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -110,6 +112,7 @@ INSTALLED_APPS = [
     "billing",
     "usage",
     "relay",
+    "mockupstream",
     "tasks",
 ]
 
@@ -269,17 +272,43 @@ CELERY_TIMEZONE = "UTC"
 
 # Relay
 RELAY_MAX_BODY_BYTES = envint("RELAY_MAX_BODY_BYTES", str(10 * 1024 * 1024))
+# Enforced by the HTTP protocol in relay/server.py (uvicorn --http relay.server:RelayHttpProtocol).
+RELAY_MAX_HEADER_BYTES = envint("RELAY_MAX_HEADER_BYTES", str(64 * 1024))
+RELAY_HEADER_TIMEOUT_SECONDS = envint("RELAY_HEADER_TIMEOUT_SECONDS", "10")
+RELAY_BODY_TIMEOUT_SECONDS = envint("RELAY_BODY_TIMEOUT_SECONDS", "30")
+if min(RELAY_MAX_HEADER_BYTES, RELAY_HEADER_TIMEOUT_SECONDS, RELAY_BODY_TIMEOUT_SECONDS) <= 0:
+    raise ImproperlyConfigured(
+        "RELAY_MAX_HEADER_BYTES, RELAY_HEADER_TIMEOUT_SECONDS and RELAY_BODY_TIMEOUT_SECONDS "
+        "must be positive."
+    )
 RELAY_KEY_CACHE_SECONDS = envint("RELAY_KEY_CACHE_SECONDS", "1")
 RELAY_CATALOG_CACHE_SECONDS = envint("RELAY_CATALOG_CACHE_SECONDS", "5")
 # Off by default: only behind a proxy you run, e.g. RELAY_TRUSTED_PROXY_HEADER=X-Forwarded-For.
 RELAY_TRUSTED_PROXY_HEADER = env("RELAY_TRUSTED_PROXY_HEADER")
 RELAY_MAX_ATTEMPTS = envint("RELAY_MAX_ATTEMPTS", "3")
 RELAY_RETRY_BACKOFF_MS = envint("RELAY_RETRY_BACKOFF_MS", "100")
+# A hold lives at most this long, however long its call runs (then the sweep releases it).
 RELAY_HOLD_TTL_SECONDS = envint("RELAY_HOLD_TTL_SECONDS", "3600")
-# The upstream HTTP client: aiohttp (fastest, see bench/), httpx or httpx-aiohttp.
+# Within that, a hold is a lease its relay process renews every heartbeat while the call (or its
+# settlement, in the outbox) is pending: a process that dies leaves holds the sweep releases
+# within a lease and the sweep's interval (tasks/schedule.py): under a minute by default.
+RELAY_HOLD_LEASE_SECONDS = envint("RELAY_HOLD_LEASE_SECONDS", "40")
+RELAY_HOLD_HEARTBEAT_SECONDS = envint("RELAY_HOLD_HEARTBEAT_SECONDS", "10")
+# A settlement the database cannot take is retried this long, then written to the outbox folder
+# (local to the host; every relay process there drains it when the database is back).
+RELAY_SETTLE_RETRY_SECONDS = float(env("RELAY_SETTLE_RETRY_SECONDS", "10"))
+RELAY_OUTBOX_DIR = env("RELAY_OUTBOX_DIR", str(BASE_DIR / "var" / "settlement-outbox"))
+# The upstream HTTP client: aiohttp (built in, fastest: see bench/), or the dotted path of a
+# module with the same send() and close_clients() (the benchmark's bench.upstream_httpx).
 RELAY_UPSTREAM_CLIENT = env("RELAY_UPSTREAM_CLIENT", "aiohttp")
-if RELAY_UPSTREAM_CLIENT not in ("aiohttp", "httpx", "httpx-aiohttp"):
-    raise ImproperlyConfigured("RELAY_UPSTREAM_CLIENT must be aiohttp, httpx or httpx-aiohttp.")
+if RELAY_UPSTREAM_CLIENT != "aiohttp" and not (
+    "." in RELAY_UPSTREAM_CLIENT
+    and all(part.isidentifier() for part in RELAY_UPSTREAM_CLIENT.split("."))
+):
+    raise ImproperlyConfigured(
+        "RELAY_UPSTREAM_CLIENT must be aiohttp or a module's dotted path, such as "
+        f"bench.upstream_httpx (not {RELAY_UPSTREAM_CLIENT!r})."
+    )
 RELAY_DB_THREADS = envint("RELAY_DB_THREADS", "8")
 # PostgreSQL: holds and settlements through SQL functions on an async pool (off = the ORM path).
 RELAY_SQL_FAST_PATH = envbool("RELAY_SQL_FAST_PATH", "true")
@@ -321,8 +350,5 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", "true")
 
 CELERY_BEAT_SCHEDULE = {
-    "release-expired-holds": {"task": "tasks.tasks.release_expired_holds", "schedule": 60.0},
-    "probe-disabled-channels": {"task": "tasks.tasks.probe_disabled_channels", "schedule": 60.0},
-    # Quotas reset within a minute of their boundary; a double-fired beat resets once.
-    "reset-due-quotas": {"task": "tasks.tasks.reset_due_quotas", "schedule": 60.0},
+    job.name: {"task": job.task, "schedule": job.seconds} for job in PERIODIC_JOBS
 }

@@ -16,14 +16,15 @@ from accounts.services import (
     quotas_reset_due,
     token_group_create,
 )
+from billing.holds import HoldParts
 from billing.models import Hold
 from billing.services import (
-    HoldParts,
+    call_settle_orm,
     credit_grant,
     hold_acquire,
-    hold_settle,
     wallet_get_or_create,
 )
+from tests.billing.test_holds import charge_for
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -159,18 +160,15 @@ def test_a_reset_keeps_what_calls_in_flight_hold_so_their_settlement_stays_exact
         request_id="req_in_flight",
         wallet_id=wallet.pk,
         amount_micros=400,
-        parts=HoldParts(tokens=38, api_token_id=token.pk, token_quota=True),
-        ttl_seconds=60,
+        parts=HoldParts(tokens=38, key_id=token.pk, key_quota=True),
+        lease_seconds=60,
     )
     token.refresh_from_db()
     assert token.quota_used_tokens == 538
 
     quota_reset(obj=token)
     assert token.quota_used_tokens == 38  # the new period starts with the call in flight
-    hold_settle(
-        request_id="req_in_flight", wallet_id=wallet.pk, hold_micros=400, cost_micros=108,
-        used_tokens=13,
-    )  # fmt: skip
+    call_settle_orm(charge_for("req_in_flight", wallet, token, 400, 108, 13))
 
     token.refresh_from_db()
     assert token.quota_used_tokens == 13

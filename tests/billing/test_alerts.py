@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, TokenGroup
 from accounts.services import api_token_create, quota_reset, token_group_create
+from billing.holds import HoldParts
 from billing.models import Alert, LedgerEntry, Wallet
 from billing.selectors import alerts_for_user
 from billing.services import (
-    HoldParts,
     alert_email_send,
     credit_grant,
     hold_acquire,
@@ -104,7 +104,7 @@ def test_what_calls_in_flight_hold_does_not_count_toward_an_alert(owner):
     # A call without max_tokens may hold the whole rest of the quota.
     hold_acquire(
         request_id="req_big", wallet_id=wallet.pk, amount_micros=100,
-        parts=HoldParts(tokens=300, api_token_id=token.pk, token_quota=True), ttl_seconds=60,
+        parts=HoldParts(tokens=300, key_id=token.pk, key_quota=True), lease_seconds=60,
     )  # fmt: skip
     token.refresh_from_db()
     assert token.quota_used_tokens == 1000

@@ -4,27 +4,28 @@ Every refusal leaves every counter as it was and no hold row; a settlement swaps
 the hold for the actual use; the sweep gives each part back.
 """
 
+import asyncio
 from datetime import timedelta
 
-import orjson
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import ApiToken, TokenGroup
 from accounts.services import api_token_create, token_group_create
-from billing.models import Hold, Wallet
+from billing import sql_backend
+from billing.holds import CallCharge, HoldParts, HoldRefusal, HoldRefused
+from billing.models import Hold, LedgerEntry, Wallet
 from billing.services import (
-    HoldParts,
-    HoldRefusal,
-    HoldRefused,
+    PROCESS_LOST,
+    call_settle_orm,
     credit_grant,
     hold_acquire,
-    hold_settle,
     holds_release_expired,
     wallet_get_or_create,
 )
 from tests.factories import UserFactory
+from tokenbyte import pg
 from usage.models import RequestLog
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,8 +53,8 @@ def books():
 
 def parts_of(token, group, tokens: int) -> HoldParts:
     return HoldParts(
-        tokens=tokens, api_token_id=token.pk, group_id=group.pk, token_credit=True,
-        token_quota=True, group_credit=True, group_quota=True,
+        tokens=tokens, key_id=token.pk, group_id=group.pk, key_credit=True, key_quota=True,
+        group_credit=True, group_quota=True,
     )  # fmt: skip
 
 
@@ -63,51 +64,71 @@ def hold(path: str, request_id: str, wallet: Wallet, amount: int, parts: HoldPar
         try:
             hold_acquire(
                 request_id=request_id, wallet_id=wallet.pk, amount_micros=amount, parts=parts,
-                ttl_seconds=60,
+                lease_seconds=60, model_id="m", call_type="chat.completions",
             )  # fmt: skip
         except HoldRefused as exc:
-            return int(exc.refusal)
+            return int(exc.reason)
         return 0
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT relay_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [request_id, wallet.pk, parts.api_token_id, parts.group_id, amount, parts.tokens,
-             parts.token_credit, parts.token_quota, parts.group_credit, parts.group_quota, now,
-             now + timedelta(seconds=60)],
+            sql_backend.HOLD_SQL,
+            [request_id, wallet.pk, parts.key_id, parts.group_id, amount, parts.tokens,
+             parts.key_credit, parts.key_quota, parts.group_credit, parts.group_quota, "m",
+             "chat.completions", now, now + timedelta(seconds=60)],
         )  # fmt: skip
         return cursor.fetchone()[0]
 
 
+def on_pool(coroutine):
+    """Run a coroutine of the SQL backend on the relay's pool, closed again afterwards."""
+
+    async def run():
+        try:
+            return await coroutine
+        finally:
+            await pg.close()
+
+    return asyncio.run(run())
+
+
+def charge_for(request_id, wallet, token, hold_micros, cost, used, *, held=True) -> CallCharge:
+    now = timezone.now()
+    return CallCharge(
+        request_id=request_id, wallet_id=wallet.pk, key_id=token.pk, held=held,
+        hold_micros=hold_micros, cost_micros=cost, used_tokens=used, touch_last_used=False,
+        description="test", now=now,
+        log={
+            "request_id": request_id, "created_at": now, "user_id": token.owner_id,
+            "organization_id": None, "api_token_id": token.pk, "token_name": token.name,
+            "group_id": None, "group_name": "", "model_id": "m", "upstream_model": "",
+            "call_type": "chat.completions", "endpoint": "chat.completions", "is_stream": False,
+            "status_code": 200, "duration_ms": 5, "ttft_ms": None, "prompt_tokens": 10,
+            "completion_tokens": used - 10 if used > 10 else 0, "cached_tokens": 0,
+            "channel_id": None, "channel_name": "", "attempts": 1, "error_code": "",
+            "error_message": "", "client_ip": None, "request_params": {},
+            "response_excerpt": "",
+        },
+    )  # fmt: skip
+
+
+def settle_charge(path: str, charge: CallCharge):
+    if path == "orm":
+        return call_settle_orm(charge)
+    return on_pool(sql_backend.call_settle(charge))
+
+
 def settle(path: str, request_id: str, wallet: Wallet, token, hold_micros, cost, used) -> tuple:
     """(charged, low balance, key used, key quota, key alerted, group used, quota, alerted)."""
-    if path == "orm":
-        with transaction.atomic():
-            s = hold_settle(
-                request_id=request_id, wallet_id=wallet.pk, hold_micros=hold_micros,
-                cost_micros=cost, used_tokens=used,
-            )  # fmt: skip
-        quotas = []
-        for state in (s.key_quota, s.group_quota):
-            quotas += [None] * 3 if state is None else [
-                state.used_tokens, state.quota_tokens, state.alerted_percent
-            ]  # fmt: skip
-        return (s.charged_micros, s.low_balance, *quotas)
-    log = RequestLog(
-        request_id=request_id, user_id=token.owner_id, api_token_id=token.pk, model_id="m",
-        call_type="chat", status_code=200,
-    )  # fmt: skip
-    row = {f.column: getattr(log, f.attname) for f in RequestLog._meta.concrete_fields}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
-            [request_id, wallet.pk, token.pk, True, hold_micros, cost, used, False, "test",
-             timezone.now(), orjson.dumps(row).decode()],
-        )  # fmt: skip
-        result = cursor.fetchone()
-    # The log row is written in the same statement, with the cost actually charged.
-    assert RequestLog.objects.get(request_id=request_id).cost_micros == result[0]
-    return result
+    s = settle_charge(path, charge_for(request_id, wallet, token, hold_micros, cost, used))
+    quotas = []
+    for state in (s.key_quota, s.group_quota):
+        quotas += [None] * 3 if state is None else [
+            state.used_tokens, state.quota_tokens, state.alerted_percent
+        ]  # fmt: skip
+    # The log row is written in the same transaction, with the cost actually charged.
+    assert RequestLog.objects.get(request_id=request_id).cost_micros == s.charged_micros
+    return (s.charged_micros, s.low_balance, *quotas)
 
 
 def counters(token, group, wallet) -> dict:
@@ -156,8 +177,9 @@ def test_a_hold_reserves_every_part_and_the_settlement_swaps_each_for_the_use(pa
         "key": (128, 1070), "group": (128, 1070), "wallet": (1_000_000, 1070), "holds": 1,
     }  # fmt: skip
     row = Hold.objects.get()
-    assert (row.tokens, row.token_quota_tokens, row.group_quota_tokens) == (128, 128, 128)
-    assert (row.token_credit_micros, row.group_credit_micros) == (1070, 1070)
+    assert (row.tokens, row.key_quota_tokens, row.group_quota_tokens) == (128, 128, 128)
+    assert (row.key_credit_micros, row.group_credit_micros) == (1070, 1070)
+    assert (row.model_id, row.call_type) == ("m", "chat.completions")
     assert row.group_id == group.pk
 
     result = settle(path, "req_ok", wallet, token, 1070, 168, 19)
@@ -211,3 +233,75 @@ def test_a_call_settled_after_the_sweep_still_counts_its_use(path, books):
     assert counters(token, group, wallet) == {
         "key": (19, 168), "group": (19, 168), "wallet": (1_000_000 - 168, 0), "holds": 1,
     }  # fmt: skip
+
+
+def test_holding_a_request_id_twice_reserves_once(path, books):
+    token, group, wallet = books
+    hold(path, "req_twice", wallet, 1070, parts_of(token, group, 128))
+    after_first = counters(token, group, wallet)
+
+    status = hold(path, "req_twice", wallet, 1070, parts_of(token, group, 128))
+
+    assert status == 0
+    assert counters(token, group, wallet) == after_first
+
+
+def test_settling_twice_charges_once_and_says_it_was_a_replay(path, books):
+    token, group, wallet = books
+    hold(path, "req_replay", wallet, 1070, parts_of(token, group, 128))
+    charge = charge_for("req_replay", wallet, token, 1070, 168, 19)
+    first = settle_charge(path, charge)
+    after_first = counters(token, group, wallet)
+
+    second = settle_charge(path, charge)
+
+    assert (first.charged_micros, first.replayed) == (168, False)
+    assert (second.charged_micros, second.replayed) == (168, True)
+    assert counters(token, group, wallet) == after_first
+    assert LedgerEntry.objects.filter(kind="usage").count() == 1
+    assert RequestLog.objects.count() == 1
+
+
+def test_the_sweep_logs_a_call_whose_process_died_and_a_late_settlement_replaces_that_row(
+    path, books
+):
+    token, group, wallet = books
+    hold(path, "req_lost", wallet, 1070, parts_of(token, group, 128))
+
+    holds_release_expired(now=timezone.now() + timedelta(seconds=61))
+
+    row = RequestLog.objects.get(request_id="req_lost")
+    assert (row.status_code, row.error_code, row.cost_micros) == (500, PROCESS_LOST, 0)
+    assert (row.model_id, row.call_type, row.api_token_id) == ("m", "chat.completions", token.pk)
+
+    result = settle(path, "req_lost", wallet, token, 1070, 168, 19)
+
+    assert result[0] == 168
+    row.refresh_from_db()
+    assert (row.status_code, row.error_code, row.cost_micros) == (200, "", 168)
+    assert Wallet.objects.get(pk=wallet.pk).balance_micros == 1_000_000 - 168
+
+
+def test_a_late_settlement_charges_nothing_rather_than_what_other_calls_hold(path, books):
+    token, group, wallet = books
+    hold(path, "req_late2", wallet, 1070, parts_of(token, group, 128))
+    holds_release_expired(now=timezone.now() + timedelta(seconds=61))
+    Wallet.objects.filter(pk=wallet.pk).update(held_micros=999_900)  # other calls in flight
+    before = counters(token, group, wallet)
+
+    result = settle(path, "req_late2", wallet, token, 1070, 168, 19)
+
+    assert result[0] == 0
+    after = counters(token, group, wallet)
+    # The tokens used still count; no credit is taken, and the wallet is untouched.
+    assert after["wallet"] == before["wallet"]
+    assert after["key"] == (19, 0)
+    assert not LedgerEntry.objects.filter(kind="usage").exists()
+
+
+def test_a_refused_hold_names_its_reason_in_the_one_refusal_type():
+    refused = HoldRefused(HoldRefusal.KEY_QUOTA, "no")
+
+    assert (refused.code, refused.reason.is_quota) == ("token_quota_exceeded", True)
+    assert HoldRefused(HoldRefusal.WALLET).code == "insufficient_quota"
+    assert HoldRefused(HoldRefusal.PER_REQUEST_CAP).code == "per_request_cap_exceeded"

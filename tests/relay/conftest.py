@@ -24,7 +24,7 @@ from billing.models import Wallet
 from billing.services import credit_grant, wallet_get_or_create
 from catalog.models import Channel, Model
 from catalog.services import channel_create
-from relay.mock_upstream import DEFAULT_CHUNKS, MockUpstream
+from mockupstream.server import DEFAULT_CHUNKS, MockUpstream
 from tests.factories import ModelFactory, UserFactory
 from tokenbyte.money import usd_to_micros
 from usage.models import RequestLog
@@ -42,8 +42,9 @@ def free_port() -> int:
 class RelayServer:
     """uvicorn serving tokenbyte.asgi in its own process, as in production."""
 
-    def __init__(self, log_path: Path, **env: str) -> None:
+    def __init__(self, log_path: Path, *, keep_alive_seconds: int = 5, **env: str) -> None:
         self.port = free_port()
+        self.keep_alive_seconds = keep_alive_seconds
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         db = settings.DATABASES["default"]
@@ -63,7 +64,9 @@ class RelayServer:
         self.log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "tokenbyte.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+             "--port", str(self.port), "--log-level", "warning", "--no-access-log",
+             "--http", "relay.server:RelayHttpProtocol",
+             "--timeout-keep-alive", str(self.keep_alive_seconds)],
             env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 30

@@ -226,7 +226,7 @@ def test_durations_are_written_as_openai_does(ms, text):
 
 def test_a_key_without_limits_never_reaches_the_limiter():
     info = KeyInfo(
-        token_id=1, name="k", owner_id=1, organization_id=None, group_id=None, group_name="",
+        key_id=1, name="k", owner_id=1, organization_id=None, group_id=None, group_name="",
         wallet_id=1, status="enabled", expires_at=None, owner_blocked=False, owner_active=True,
         allowed_models=frozenset(), allowed_networks=(), max_cost_per_request_micros=None,
         credit_limit_micros=None,
@@ -265,7 +265,7 @@ def test_with_redis_unreachable_a_limited_key_passes_unlimited_and_it_is_logged(
     monkeypatch, caplog
 ):
     info = KeyInfo(
-        token_id=1, name="k", owner_id=1, organization_id=None, group_id=None, group_name="",
+        key_id=1, name="k", owner_id=1, organization_id=None, group_id=None, group_name="",
         wallet_id=1, status="enabled", expires_at=None, owner_blocked=False, owner_active=True,
         allowed_models=frozenset(), allowed_networks=(), max_cost_per_request_micros=None,
         credit_limit_micros=None, rpm=1, tpm=100,

@@ -78,6 +78,7 @@ def test_a_hold_left_by_a_dead_process_is_released_by_the_sweep(make_account):
 
     from django.utils import timezone
 
+    from billing.holds import HoldParts
     from billing.services import hold_acquire
 
     account = make_account("1", credit_limit_micros=5000)
@@ -85,9 +86,8 @@ def test_a_hold_left_by_a_dead_process_is_released_by_the_sweep(make_account):
         request_id="req_crashed",
         wallet_id=account.wallet.pk,
         amount_micros=700,
-        api_token_id=account.token.pk,
-        token_credit_limited=True,
-        ttl_seconds=60,
+        parts=HoldParts(key_id=account.token.pk, key_credit=True),
+        lease_seconds=60,
     )
 
     assert holds_release_expired() == 0

@@ -1,58 +1,43 @@
-"""The PostgreSQL fast path of a relayed call: hold and settlement on the event loop.
+"""PostgreSQL on the event loop: the relay's own small pool of async psycopg connections.
 
-An async psycopg pool (no thread hop) and the plpgsql functions of relay/migrations/0001 make the
-hold one round trip (two when the relay must first read the budget) and the settlement, request
-log included, one more. relay/accounting.py has the same rules in the ORM for SQLite.
+The relay's key reads and billing's holds and settlements (billing/sql_backend.py) run here
+without a thread hop. A connection that the server dropped (a restart) is found out on its first
+use and replaced: `run` retries a statement once on a fresh connection when an idle one turns
+out dead, and a database that does not answer is a 503 the client may retry, never a 500.
 """
 
 import asyncio
 import functools
 from collections import deque
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-import orjson
 import psycopg
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
-from billing.services import HoldRefusal, QuotaState, Settlement
-from relay import keys
-from relay.accounting import (
-    BUDGET_SQL,
-    Budget,
-    HoldRequest,
-    Outcome,
-    Reservation,
-    budget_from,
-    budget_params,
-    description_of,
-    hold_attempts,
-    last_used_due,
-    log_row,
-    needs_budget_for_message,
-    plan_hold,
-    refused,
-)
-from relay.http import RelayError
-from usage.models import RequestLog
+from tokenbyte.errors import ApplicationError
 
-HOLD_SQL = "SELECT relay_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+T = TypeVar("T")
 # How long a call waits for a free connection before it fails (a database that stopped answering).
 ACQUIRE_TIMEOUT_SECONDS = 30
 REAP_INTERVAL_SECONDS = 0.5
 
 
-class PoolTimeout(RelayError):
-    """No database connection in time: the client gets a 503 it may retry, not a 500."""
+class DatabaseUnavailable(ApplicationError):
+    """No working database connection in time: a 503 the client may retry, not a 500."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(
-            503, f"The relay's database is busy ({reason}); try again shortly.",
-            code="database_unavailable", headers={"retry-after": "1"},
-        )  # fmt: skip
+            f"The relay's database is unavailable ({reason}); try again shortly.",
+            code="database_unavailable",
+        )
+
+
+# Errors of the connection rather than of the statement: the server went away or restarted.
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class Pool:
@@ -77,15 +62,17 @@ class Pool:
     async def acquire(self) -> psycopg.AsyncConnection:
         while True:
             if self.closed:
-                raise PoolTimeout("the relay's database pool is closed")
+                raise DatabaseUnavailable("the relay's database pool is closed")
             if self.idle:
                 return self.idle.pop()
             if self.size < self.max_size:
                 self.size += 1
                 try:
                     return await psycopg.AsyncConnection.connect(**self.kwargs)
-                except BaseException:
+                except BaseException as exc:
                     self._free_slot()
+                    if isinstance(exc, CONNECTION_ERRORS):
+                        raise DatabaseUnavailable("cannot connect") from exc
                     raise
             loop = asyncio.get_running_loop()
             waiter = loop.create_future()
@@ -109,13 +96,23 @@ class Pool:
 
     def release(self, conn: psycopg.AsyncConnection) -> None:
         if self.closed or conn.closed or conn.pgconn.transaction_status != TransactionStatus.IDLE:
-            closing = asyncio.ensure_future(conn.close())
-            self.closing.add(closing)
-            closing.add_done_callback(self.closing.discard)
-            self._free_slot()
+            self.release_broken(conn)
             return
         if not self._hand_over(conn):
             self.idle.append(conn)
+
+    def drop_idle(self) -> None:
+        """Close the idle connections: after one turned out dead, the others (from the same
+        server run) are dead too, and each would cost a failed call to find out."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            self.release_broken(conn)
+
+    def release_broken(self, conn: psycopg.AsyncConnection) -> None:
+        closing = asyncio.ensure_future(conn.close())
+        self.closing.add(closing)
+        closing.add_done_callback(self.closing.discard)
+        self._free_slot()
 
     def _free_slot(self) -> None:
         self.size -= 1
@@ -138,7 +135,7 @@ class Pool:
             while self.waiters and (self.waiters[0][0] <= now or self.waiters[0][1].done()):
                 _, waiter = self.waiters.popleft()
                 if not waiter.done():
-                    waiter.set_exception(PoolTimeout("no database connection was free in time"))
+                    waiter.set_exception(DatabaseUnavailable("no connection was free in time"))
 
     async def close(self) -> None:
         self.closed = True
@@ -149,7 +146,7 @@ class Pool:
         while self.waiters:
             _, waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(PoolTimeout("the relay's database pool is closed"))
+                waiter.set_exception(DatabaseUnavailable("the relay's database pool is closed"))
         if self.reaper is not None:
             self.reaper.cancel()
 
@@ -199,98 +196,33 @@ async def close() -> None:
         _pool = None
 
 
+async def run(work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` on a pooled connection, once more on a fresh one if the connection fails.
+
+    A server restart kills every pooled connection, and each is only found dead when used:
+    the failed one and the idle ones are dropped and `work` runs again on a new connection.
+    `work` must be safe to run twice (reads, and billing's statements, which are idempotent on
+    the request id). A database that fails again is DatabaseUnavailable.
+    """
+    pool_ = pool()
+    for attempt in range(2):
+        conn = await pool_.acquire()
+        try:
+            return await work(conn)
+        except CONNECTION_ERRORS as exc:
+            pool_.drop_idle()
+            if attempt:
+                raise DatabaseUnavailable(type(exc).__name__) from exc
+        finally:
+            pool_.release(conn)
+    raise AssertionError("unreachable")
+
+
 async def fetchone(sql: str, params: list) -> tuple | None:
     """One statement on a pooled connection, its first row."""
-    pool_ = pool()
-    conn = await pool_.acquire()
-    try:
+
+    async def work(conn: psycopg.AsyncConnection) -> tuple | None:
         cursor = await conn.execute(sql, params)
         return await cursor.fetchone()
-    finally:
-        pool_.release(conn)
 
-
-async def load_key(digest: str) -> keys.KeyInfo | None:
-    """Read a key in one statement on the event loop, and cache it."""
-    info = keys.from_row(await fetchone(keys.KEY_SQL, [digest]))
-    keys.store(digest, info)
-    return info
-
-
-async def _budget(conn, key: keys.KeyInfo) -> Budget:
-    cursor = await conn.execute(BUDGET_SQL, budget_params(key))
-    return budget_from(key, await cursor.fetchone())
-
-
-async def reserve(req: HoldRequest) -> Reservation:
-    key = req.key
-    now = timezone.now()
-    expires = now + timedelta(seconds=settings.RELAY_HOLD_TTL_SECONDS)
-    pool_ = pool()
-    conn = await pool_.acquire()
-    try:
-        budget = None
-        for attempt in range(hold_attempts(req)):
-            if attempt:
-                budget = await _budget(conn, key)
-            amount, chosen, tokens = plan_hold(req, budget)
-            cursor = await conn.execute(
-                    HOLD_SQL,
-                    [req.request_id, key.wallet_id, key.token_id, key.group_id, amount, tokens,
-                     key.credit_limited, key.quota_limited, key.group_credit_limited,
-                     key.group_quota_limited, now, expires],
-                )  # fmt: skip
-            (status,) = await cursor.fetchone()
-            if status == 0:
-                return Reservation(
-                    hold_micros=amount,
-                    max_tokens=chosen if req.needs_budget else None,
-                    tokens=tokens,
-                )
-        refusal = HoldRefusal(status)
-        if budget is None and needs_budget_for_message(refusal):
-            budget = await _budget(conn, key)
-        raise refused(req, refusal, amount, tokens, budget)
-    finally:
-        pool_.release(conn)
-
-
-# relay_settle writes the log row too (relay_log, in relay/migrations/0003), from one JSON object
-# typed by the table: one parameter to adapt instead of thirty.
-SETTLE_SQL = "SELECT * FROM relay_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
-# (attname, column) of each log column but the id and the cost, which relay_log fills in.
-LOG_FIELDS = [
-    (f.attname, f.column)
-    for f in RequestLog._meta.concrete_fields
-    if f.column not in ("id", "cost_micros")
-]
-
-
-async def settle(outcome: Outcome) -> Settlement:
-    """One statement: the settlement and the log row, atomic together."""
-    key = outcome.key
-    now = timezone.now()
-    row = log_row(outcome, now)
-    params = [
-        outcome.request_id,
-        key.wallet_id,
-        key.token_id,
-        outcome.held,
-        outcome.hold_micros,
-        outcome.cost_micros,
-        outcome.used_tokens,
-        last_used_due(key.token_id),
-        description_of(outcome),
-        now,
-        orjson.dumps({column: row[attname] for attname, column in LOG_FIELDS}).decode(),
-    ]
-    (charged, low_balance, key_used, key_quota, key_alerted, group_used, group_quota,
-     group_alerted) = await fetchone(SETTLE_SQL, params)  # fmt: skip
-    return Settlement(
-        charged_micros=charged,
-        low_balance=low_balance,
-        key_quota=QuotaState(key_used, key_quota, key_alerted) if key_used is not None else None,
-        group_quota=(
-            QuotaState(group_used, group_quota, group_alerted) if group_used is not None else None
-        ),
-    )
+    return await run(work)

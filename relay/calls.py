@@ -1,22 +1,34 @@
-"""The /v1 endpoints: authenticate, check, hold, route with failover, stream, settle."""
+"""One relayed generation call, from its parsed body to its settlement.
+
+The relay is transport: it parses and checks the call, asks billing to hold its worst case,
+streams the upstream's answer through (failover in relay/failover.py), and hands billing a
+CallCharge to settle. What the call cost is decided here from the usage; everything about
+money and the log row's writing is billing's.
+
+The charging rule for failures: a call whose upstream fails before any content reaches the
+client (a 502/504, a stream that breaks or turns malformed before its first content) is free,
+streamed or not; once content has been delivered, the call is charged for its prompt and the
+output delivered (the provider's usage when it sent one, our count otherwise).
+"""
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import orjson
 from django.conf import settings
+from django.utils import timezone
 
-from billing.services import Settlement
-from catalog.services import channel_record_failure, channel_record_success
-from relay import accounting, alerts, db, keys, metering, pg, ratelimit, routing, upstream
-from relay.accounting import Outcome, QuotaRefused
+from billing import settlement
+from billing.holds import CallCharge, HoldRequest
+from relay import alerts, keys, metering, ratelimit, routing, upstream
 from relay.adapters import UpstreamRequest, adapter_for
+from relay.failover import failover
 from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
-from relay.streaming import SSEMeter, done_event, error_event, is_done_event
+from relay.streaming import SSEMeter, done_event, error_event, is_done_event, usage_event
 from relay.upstream import BrokenStream, UpstreamFailure
 
 logger = logging.getLogger(__name__)
@@ -25,15 +37,12 @@ logger = logging.getLogger(__name__)
 CONTENT_FIELDS = ("messages", "prompt", "input", "tools", "functions")
 # Status logged for a call whose client hung up first (nginx's convention).
 CLIENT_CLOSED = 499
-# Refusals of the hold that are logged as calls (the owner sees why a call failed). A 429 from
-# our own rate limiter is not: it would cost a database write per refused request, which is
-# what a client hammering a limited key sends; its headers tell the client all it needs.
-LOGGED_REFUSALS = frozenset(
-    {"insufficient_quota", "per_request_cap_exceeded", "token_quota_exceeded"}
-)
 # Completions default to 16 output tokens when max_tokens is absent (OpenAI's documented default).
 LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 FALLBACK_MAX_OUTPUT_TOKENS = 4096
+# token id -> monotonic time of this process's last last_used_at write.
+_last_used_written: dict[int, float] = {}
+LAST_USED_INTERVAL_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -58,43 +67,6 @@ EMBEDDINGS = Endpoint(
     "embeddings", "/v1/embeddings", frozenset({"embedding"}), "input",
     metering.embedding_input_tokens, False,
 )  # fmt: skip
-
-
-# --- shared steps -------------------------------------------------------------------------------
-
-
-async def authenticate(request: Request) -> keys.KeyInfo:
-    presented = keys.presented_key(request)
-    if not presented:
-        raise keys.missing_key_error()
-    digest = keys.digest_of(presented)
-    hit, info, stale = keys.cached(digest)
-    if not hit:
-        info = await load_key(digest)
-    elif stale:
-        spawn(load_key(digest))
-    return keys.check(info, request)
-
-
-async def load_key(digest: str) -> keys.KeyInfo | None:
-    if pg.enabled():
-        return await pg.load_key(digest)
-    return await db.run(keys.lookup, digest)
-
-
-_refreshing: asyncio.Task | None = None
-
-
-async def catalog() -> routing.Snapshot:
-    """The catalog snapshot; a stale one is served while a fresh one loads in the background."""
-    global _refreshing
-    age = routing.snapshot_age()
-    ttl = settings.RELAY_CATALOG_CACHE_SECONDS
-    if age is None or age > 2 * ttl:
-        return await db.run(routing.refresh)
-    if age > ttl and (_refreshing is None or _refreshing.done()):
-        _refreshing = asyncio.ensure_future(db.run(routing.refresh))
-    return routing.current()
 
 
 def _int_param(body: dict, name: str, minimum: int = 1) -> int | None:
@@ -155,49 +127,72 @@ def loggable_params(body: dict) -> dict:
 _background: set[asyncio.Task] = set()
 
 
-def spawn(coroutine) -> None:
-    task = asyncio.ensure_future(coroutine)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+@dataclass
+class Outcome:
+    """What happened to a call, for settlement and its log row."""
+
+    request_id: str
+    key: keys.KeyInfo
+    model_id: str
+    call_type: str
+    endpoint: str
+    is_stream: bool
+    client_ip: str | None
+    request_params: dict
+    hold_micros: int = 0
+    status_code: int = 200
+    usage: metering.Usage = field(default_factory=metering.Usage)
+    cost_micros: int = 0
+    upstream_model: str = ""
+    channel_id: int | None = None
+    channel_name: str = ""
+    attempts: int = 0
+    error_code: str = ""
+    error_message: str = ""
+    response_excerpt: str = ""
+    started: float = field(default_factory=time.monotonic)
+    ttft_ms: int | None = None
+    # A hold was taken (and must be settled or released).
+    held: bool = False
+
+    @property
+    def used_tokens(self) -> int:
+        return self.usage.prompt_tokens + self.usage.completion_tokens
 
 
-def _record_failure(route: routing.Route, failure: UpstreamFailure) -> None:
-    spawn(_record_failure_async(route, failure))
-
-
-async def _record_failure_async(route: routing.Route, failure: UpstreamFailure) -> None:
-    try:
-        state = await db.run(
-            channel_record_failure,
-            channel_id=route.channel_id,
-            error=f"HTTP {failure.status} {failure.code}: {failure.message}",
-        )
-    except Exception:
-        logger.exception("could not record a failure of channel %s", route.name)
-        return
-    if state in ("cooling", "auto_disabled"):
-        routing.cool_down_locally(route.channel_id, settings.RELAY_CHANNEL_COOLDOWN_SECONDS)
-        routing.invalidate_soon()
-
-
-def _record_success(route: routing.Route) -> None:
-    if route.had_failures:
-        spawn(db.run(channel_record_success, channel_id=route.channel_id))
-
-
-async def _backoff(attempt: int) -> None:
-    base = settings.RELAY_RETRY_BACKOFF_MS / 1000
-    await asyncio.sleep(base * (2**attempt) * random.uniform(0.5, 1.5))
-
-
-def final_error(failure: UpstreamFailure | None) -> RelayError:
-    if failure is None:
-        return RelayError(503, "No channel is available right now.", code="no_channel_available")
-    headers = {"retry-after": failure.retry_after or "1"} if failure.status == 429 else None
-    return RelayError(failure.status, failure.message, code=failure.code, headers=headers)
-
-
-# --- generation endpoints -----------------------------------------------------------------------
+def log_row(outcome: "Outcome", now: datetime) -> dict:
+    """The request log row's columns (by attname), cost excluded: the settlement decides it."""
+    duration_ms = round((time.monotonic() - outcome.started) * 1000)
+    key = outcome.key
+    return {
+        "request_id": outcome.request_id,
+        "created_at": now - timedelta(milliseconds=duration_ms),
+        "user_id": key.owner_id,
+        "organization_id": key.organization_id,
+        "api_token_id": key.key_id,
+        "token_name": key.name,
+        "group_id": key.group_id,
+        "group_name": key.group_name,
+        "model_id": outcome.model_id,
+        "upstream_model": outcome.upstream_model,
+        "call_type": outcome.call_type,
+        "endpoint": outcome.endpoint,
+        "is_stream": outcome.is_stream,
+        "status_code": outcome.status_code,
+        "duration_ms": duration_ms,
+        "ttft_ms": outcome.ttft_ms,
+        "prompt_tokens": outcome.usage.prompt_tokens,
+        "completion_tokens": outcome.usage.completion_tokens,
+        "cached_tokens": outcome.usage.cached_tokens,
+        "channel_id": outcome.channel_id,
+        "channel_name": outcome.channel_name,
+        "attempts": outcome.attempts,
+        "error_code": outcome.error_code,
+        "error_message": outcome.error_message[:2000],
+        "client_ip": outcome.client_ip,
+        "request_params": outcome.request_params,
+        "response_excerpt": outcome.response_excerpt[:500],
+    }
 
 
 class Call:
@@ -287,20 +282,19 @@ class Call:
             requested, default_max = 0, 0
         if self.key.rate_limited:
             await self.admit(self.prompt_tokens + (requested or 0) * n)
-        hold_request = accounting.HoldRequest(
+        hold_request = HoldRequest(
             request_id=self.request.request_id,
             key=self.key,
-            model=model,
+            prices=model,
+            model_id=model.model_id,
+            call_type=self.endpoint.name,
             prompt_tokens=metering.with_margin(self.prompt_tokens),
             max_tokens=requested,
             n=n,
             default_max_tokens=default_max,
             has_output=self.endpoint.has_output,
         )
-        if pg.enabled():
-            reservation = await pg.reserve(hold_request)
-        else:
-            reservation = await db.run(accounting.reserve, hold_request)
+        reservation = await settlement.hold_reserve(hold_request)
         self.outcome.hold_micros = reservation.hold_micros
         self.outcome.held = True
         if self.endpoint.has_output:
@@ -332,12 +326,14 @@ class Call:
             return
         self._finished = True
         await ratelimit.correct(self.admission, self.outcome.used_tokens)
-        settlement = await settle(self.outcome)
-        alerts.after_settlement(self.key, settlement)
+        settled = await settlement.call_settle(charge_of(self.outcome))
+        if not settled.queued:
+            alerts.after_settlement(self.key, settled)
 
     async def finish_before_end(self) -> None:
         """Settle while the response is still open; the answer is out, so a failure here is
-        logged (the sweep releases the hold) and the response still ends cleanly."""
+        logged (the settlement itself is never dropped: see billing.settlement) and the
+        response still ends cleanly."""
         try:
             await asyncio.shield(self.finish())
         except Exception:
@@ -376,26 +372,14 @@ class Call:
             )  # fmt: skip
         return data
 
-    async def _failover(self, routes, attempt_fn):
-        last: UpstreamFailure | None = None
-        for attempt, route in enumerate(routes):
-            if attempt:
-                await _backoff(attempt - 1)
-            self.outcome.attempts = attempt + 1
-            self.outcome.channel_id = route.channel_id
-            self.outcome.channel_name = route.name
-            self.outcome.upstream_model = route.upstream_model(self.model.model_id)
-            try:
-                result = await attempt_fn(route)
-            except UpstreamFailure as failure:
-                last = failure
-                if failure.retryable:
-                    _record_failure(route, failure)
-                    continue
-                raise final_error(failure) from failure
-            _record_success(route)
-            return route, result
-        raise final_error(last)
+    def _on_attempt(self, number: int, route: routing.Route) -> None:
+        self.outcome.attempts = number
+        self.outcome.channel_id = route.channel_id
+        self.outcome.channel_name = route.name
+        self.outcome.upstream_model = route.upstream_model(self.model.model_id)
+
+    def _failover(self, routes: list[routing.Route], attempt):
+        return failover(routes, attempt, on_attempt=self._on_attempt, spawn=self.request.app.spawn)
 
     def _usage_from(self, data: dict) -> metering.Usage:
         usage = metering.Usage.from_openai(data.get("usage"))
@@ -512,11 +496,11 @@ class Call:
                     self._interrupt(
                         "The upstream provider sent an invalid stream.", "invalid_upstream_response"
                     )
-                    await forward(error_event(outcome.error_message, outcome.error_code))
-                    await forward(done_event())
+                    await self._end_failed(forward, meter)
                 elif meter.error:
                     # The provider's own error event went through as it came; the log says it.
                     self._interrupt(*meter.error)
+                    await self._send_usage(forward, meter)
                     if not meter.done:
                         await forward(done_event())
                 elif not meter.done:
@@ -526,8 +510,7 @@ class Call:
                     f"The upstream provider's stream broke off: {exc.name}.",
                     "upstream_stream_interrupted",
                 )
-                await forward(error_event(outcome.error_message, outcome.error_code))
-                await forward(done_event())
+                await self._end_failed(forward, meter)
             finally:
                 await answer.close()
             if self.settle_early:
@@ -549,10 +532,29 @@ class Call:
                 self._metered(meter)
 
     def _metered(self, meter: SSEMeter) -> None:
+        if self.outcome.status_code == 502 and not meter.first_content_seen:
+            # Failed before any content reached the client: free, as its non-streamed twin.
+            self.outcome.usage = metering.Usage()
+            self.outcome.cost_micros = 0
+            return
         usage = meter.usage or self.local_usage(meter.delivered_completion_tokens())
         self.outcome.usage = usage
         self.outcome.cost_micros = self.charged_for(usage)
         self.outcome.response_excerpt = meter.response_excerpt()
+
+    async def _send_usage(self, forward, meter: SSEMeter) -> None:
+        """A failed stream's usage chunk, when the client asked for one and the upstream's own
+        did not come through."""
+        if self.show_usage and meter.usage is None:
+            self._metered(meter)
+            usage = self.outcome.usage
+            await forward(usage_event(meter, usage, metering.usd(self.outcome.cost_micros)))
+
+    async def _end_failed(self, forward, meter: SSEMeter) -> None:
+        """End a stream that failed part-way: its usage, then our error event and [DONE]."""
+        await self._send_usage(forward, meter)
+        await forward(error_event(self.outcome.error_message, self.outcome.error_code))
+        await forward(done_event())
 
     def _interrupt(self, message: str, code: str) -> None:
         self.outcome.status_code = 502
@@ -580,89 +582,29 @@ def _excerpt(data: dict) -> str:
     return ""
 
 
-async def generation(request: Request, endpoint: Endpoint) -> None:
-    key = await authenticate(request)
-    await request.read_body(settings.RELAY_MAX_BODY_BYTES)
-    body = request.json()
-    call = Call(request, endpoint, key, body)
-    try:
-        await call.prepare(await catalog())
-    except RelayError as error:
-        if error.status == 403 and error.code in LOGGED_REFUSALS:
-            _note_error(call, error)
-            await asyncio.shield(call.finish())
-        elif call.admission is not None:
-            # Refused after the rate limiter admitted it: no tokens were used.
-            await asyncio.shield(ratelimit.correct(call.admission, 0))
-        if isinstance(error, QuotaRefused) and error.exhausted:
-            alerts.quota_exhausted(key, error.scope, error.smallest_call_tokens)
-        raise
-    try:
-        await call.run()
-    except RelayError as error:
-        _note_error(call, error)
-        if call.settle_early:
-            await asyncio.shield(call.finish())
-        await request.respond_error(error)
-    except ClientDisconnected:
-        if call.outcome.status_code == 200:
-            call.outcome.status_code = CLIENT_CLOSED
-            call.outcome.error_code = "client_disconnected"
-            call.outcome.error_message = "The client closed the connection before the answer."
-    finally:
-        # Shielded: settlement must finish even when the client is gone or the server stops.
-        await asyncio.shield(call.finish())
+def last_used_due(key_id: int) -> bool:
+    """At most one last_used_at write a minute per key and process."""
+    now = time.monotonic()
+    if now - _last_used_written.get(key_id, float("-inf")) >= LAST_USED_INTERVAL_SECONDS:
+        _last_used_written[key_id] = now
+        return True
+    return False
 
 
-async def settle(outcome: Outcome) -> Settlement:
-    if pg.enabled():
-        return await pg.settle(outcome)
-    return await db.run(accounting.settle, outcome)
-
-
-def _note_error(call: Call, error: RelayError) -> None:
-    """Record the error on the call's outcome (its log row)."""
-    call.outcome.status_code = error.status
-    call.outcome.error_code = error.code or ""
-    call.outcome.error_message = error.message
-
-
-# --- models -------------------------------------------------------------------------------------
-
-
-def _model_object(model: routing.ModelInfo) -> dict:
-    return {
-        "id": model.model_id,
-        "object": "model",
-        "created": model.created,
-        "owned_by": model.provider,
-    }
-
-
-def _usable(key: keys.KeyInfo, snapshot: routing.Snapshot) -> list[routing.ModelInfo]:
-    return [
-        m
-        for m in snapshot.models.values()
-        if snapshot.routes.get(m.model_id)
-        and (not key.allowed_models or m.model_id in key.allowed_models)
-    ]
-
-
-async def models_list(request: Request) -> None:
-    key = await authenticate(request)
-    snapshot = await catalog()
-    data = [_model_object(m) for m in _usable(key, snapshot)]
-    await request.respond_json(200, {"object": "list", "data": data})
-
-
-async def model_detail(request: Request, model_id: str) -> None:
-    key = await authenticate(request)
-    snapshot = await catalog()
-    for model in _usable(key, snapshot):
-        if model.model_id == model_id:
-            await request.respond_json(200, _model_object(model))
-            return
-    raise RelayError(
-        404, f"The model '{model_id}' does not exist or you do not have access to it.",
-        code="model_not_found", param="model",
-    )  # fmt: skip
+def charge_of(outcome: "Outcome") -> CallCharge:
+    """What billing settles for a finished call, its log row included."""
+    now = timezone.now()
+    key = outcome.key
+    return CallCharge(
+        request_id=outcome.request_id,
+        wallet_id=key.wallet_id,
+        key_id=key.key_id,
+        held=outcome.held,
+        hold_micros=outcome.hold_micros,
+        cost_micros=outcome.cost_micros,
+        used_tokens=outcome.used_tokens,
+        touch_last_used=last_used_due(key.key_id),
+        description=f"{outcome.model_id} via {key.name}",
+        now=now,
+        log=log_row(outcome, now),
+    )

@@ -1,0 +1,24 @@
+"""The periodic jobs, listed once: Celery beat runs them as tasks (tokenbyte.settings builds
+CELERY_BEAT_SCHEDULE from this list), and a relay process without beat (the embedded default)
+runs the same services itself (relay/scheduler.py). Plain data: settings import it."""
+
+from typing import NamedTuple
+
+
+class Job(NamedTuple):
+    name: str
+    seconds: float
+    task: str  # the Celery task, in tasks/tasks.py
+    service: str  # the function it calls, "module:function"
+
+
+PERIODIC_JOBS = (
+    # Holds whose lease ran out (their process died) are released within a lease and this.
+    Job("release-expired-holds", 10.0, "tasks.tasks.release_expired_holds",
+        "billing.services:holds_release_expired"),
+    Job("probe-disabled-channels", 60.0, "tasks.tasks.probe_disabled_channels",
+        "catalog.services:channels_probe_disabled"),
+    # Quotas reset within a minute of their boundary; a double-fired beat resets once.
+    Job("reset-due-quotas", 60.0, "tasks.tasks.reset_due_quotas",
+        "accounts.services:quotas_reset_due"),
+)  # fmt: skip
