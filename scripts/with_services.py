@@ -109,6 +109,7 @@ class Services:
             "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             # For the fault tests, which restart the server under load.
             "TEST_PG_CTL": " ".join([*self.as_postgres, pg_bin("pg_ctl"), "-D", str(self.pgdata)]),
+            "TEST_PG_OPTIONS": options,
         }
 
     def stop(self) -> None:

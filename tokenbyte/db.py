@@ -12,7 +12,13 @@ from functools import partial
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
 
 T = TypeVar("T")
 
@@ -29,14 +35,21 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _call(fn: Callable[..., T], *args, **kwargs) -> T:
-    try:
-        return fn(*args, **kwargs)
-    except DatabaseError:
-        # A broken connection must not poison this thread for later calls.
-        connection.close_if_unusable_or_obsolete()
-        if connection.connection is not None and connection.errors_occurred:
+    """Run `fn` on this thread's connection; once more on a new one if the connection was dead
+    (a database restart kills every open connection, each found out only when used). What runs
+    here is a read, idempotent (billing's hold and settlement) or bookkeeping."""
+    for attempt in range(2):
+        try:
+            return fn(*args, **kwargs)
+        except (OperationalError, InterfaceError):
+            # A broken connection must not poison this thread for later calls.
             connection.close()
-        raise
+            if attempt:
+                raise
+        except DatabaseError:
+            connection.close_if_unusable_or_obsolete()
+            raise
+    raise AssertionError("unreachable")
 
 
 async def run(fn: Callable[..., T], *args, **kwargs) -> T:

@@ -11,7 +11,6 @@ import subprocess
 import threading
 import time
 
-import httpx
 import openai
 import pytest
 from django.db import connection
@@ -28,7 +27,11 @@ pytestmark = pytest.mark.skipif(not PG_CTL, reason="needs the test run's own Pos
 
 
 def pg_ctl(*args: str) -> None:
-    subprocess.run([*shlex.split(PG_CTL), "-w", "-t", "60", *args], check=True, capture_output=True)
+    # No pipes: the server it starts would hold them open, and run() would wait for it.
+    subprocess.run(
+        [*shlex.split(PG_CTL), "-w", "-t", "60", *args],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def reconnect() -> None:
@@ -161,7 +164,7 @@ def test_a_settlement_outlasting_the_retries_waits_in_the_outbox_and_is_billed_o
         # The database stayed away past the retries: the settlement is on disk.
         wait_for(lambda: list(relay.outbox.iterdir()), timeout=10, message="outbox file")
     finally:
-        pg_ctl("start")
+        pg_ctl("start", "-o", os.environ["TEST_PG_OPTIONS"])
     reconnect()
     wait_for(lambda: not list(relay.outbox.iterdir()), timeout=20, message="outbox drained")
     [log] = RequestLog.objects.filter(api_token=account.token)
@@ -206,9 +209,13 @@ def test_a_call_of_a_killed_process_is_released_and_logged_within_a_lease(
             assert Hold.objects.filter(status=Hold.Status.OPEN).count() == 1
             doomed.process.kill()
             doomed.process.wait(10)
-            with pytest.raises(httpx.HTTPError):
+            cut = False
+            try:
                 for _ in lines:
                     pass
+            except Exception:  # the SDK's transport error: the connection was cut
+                cut = True
+            assert cut
     finally:
         doomed.stop()
 
