@@ -11,10 +11,10 @@ from accounts.services import (
     api_token_set_group,
     api_token_set_status,
     limits_save,
-    quota_reset,
     quota_schedule,
     user_time_zone_changed,
 )
+from billing.services import quota_reset
 from tokenbyte.admin_site import ViewOnlyAdmin
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import format_usd

@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import ApiToken, LimitsMixin, Organization, QuotaReset, TokenGroup, User
@@ -237,107 +236,6 @@ def quota_next_reset(*, period: str, time_zone: str, after: datetime) -> datetim
     else:
         raise ApplicationError(f"quota reset must be one of {', '.join(QuotaReset.values)}")
     return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
-
-
-def quota_held_tokens(obj: LimitsMixin) -> int:
-    """Tokens that calls in flight hold against this key's or group's quota."""
-    from billing.models import Hold  # billing depends on accounts, not the other way round
-
-    if isinstance(obj, ApiToken):
-        holds = Hold.objects.filter(status=Hold.Status.OPEN, key_id=obj.pk)
-        field = "key_quota_tokens"
-    else:
-        holds = Hold.objects.filter(status=Hold.Status.OPEN, group_id=obj.pk)
-        field = "group_quota_tokens"
-    return holds.aggregate(total=Sum(field))["total"] or 0
-
-
-def _quota_reset_locked(
-    model: type[LimitsMixin],
-    pk: int,
-    *,
-    period_start: datetime,
-    reschedule: bool = False,
-    next_reset_at: datetime | None = None,
-    expected_next_reset_at: datetime | None = None,
-) -> bool:
-    """Reset one quota under its row lock. The usage restarts at what calls in flight still hold,
-    so their settlements (which swap their reservation for the actual tokens) stay exact."""
-    rows = model.objects.select_for_update(of=("self",)).filter(pk=pk)
-    if expected_next_reset_at is not None:
-        # A beat fired twice (or two workers): the second finds the schedule moved on.
-        rows = rows.filter(quota_next_reset_at=expected_next_reset_at)
-    obj = rows.select_related("owner").first()
-    if obj is None:
-        return False
-    obj.quota_used_tokens = quota_held_tokens(obj)
-    obj.quota_last_reset_at = period_start
-    obj.quota_alerted_percent = 0
-    fields = ["quota_used_tokens", "quota_last_reset_at", "quota_alerted_percent"]
-    if reschedule:
-        obj.quota_next_reset_at = next_reset_at
-        fields.append("quota_next_reset_at")
-    obj.save(update_fields=fields)
-    return True
-
-
-def quota_reset(*, obj: LimitsMixin, now: datetime | None = None) -> None:
-    """Reset a key's or group's token quota by hand; its reset schedule stays as it is."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        _quota_reset_locked(type(obj), obj.pk, period_start=now)
-    obj.refresh_from_db(
-        fields=["quota_used_tokens", "quota_last_reset_at", "quota_alerted_percent"]
-    )
-
-
-def quota_reset_for_owner(*, owner: User, now: datetime | None = None) -> tuple[int, int]:
-    """Reset the quotas of all of a user's keys and groups that have one: (keys, groups)."""
-    now = now or timezone.now()
-    counts = []
-    with transaction.atomic():
-        for model in (ApiToken, TokenGroup):
-            # pk order: two resets of one owner lock rows in the same order.
-            pks = model.objects.filter(owner=owner, quota_tokens__isnull=False).order_by("pk")
-            counts.append(
-                sum(
-                    _quota_reset_locked(model, pk, period_start=now)
-                    for pk in pks.values_list("pk", flat=True)
-                )
-            )
-    return counts[0], counts[1]
-
-
-def quotas_reset_due(*, now: datetime | None = None, limit: int = 1000) -> int:
-    """Reset every scheduled quota whose period ended; returns how many were reset.
-
-    Run every minute by Celery beat (tasks.tasks.reset_due_quotas) or the relay's in-process
-    scheduler. Each reset is a conditional update on the boundary it was due at, so running it
-    twice, or on two workers at once, resets each quota once.
-    """
-    now = now or timezone.now()
-    reset = 0
-    for model in (ApiToken, TokenGroup):
-        due = (
-            model.objects.filter(quota_next_reset_at__lte=now)
-            .exclude(quota_reset=QuotaReset.MANUAL)
-            .order_by("quota_next_reset_at")
-            .values_list("pk", "quota_next_reset_at", "quota_reset", "owner__time_zone")[:limit]
-        )
-        for pk, boundary, period, time_zone in due:
-            following = quota_next_reset(
-                period=period, time_zone=time_zone, after=max(now, boundary)
-            )
-            with transaction.atomic():
-                reset += _quota_reset_locked(
-                    model,
-                    pk,
-                    period_start=boundary,
-                    reschedule=True,
-                    next_reset_at=following,
-                    expected_next_reset_at=boundary,
-                )
-    return reset
 
 
 def quota_schedule(*, obj: LimitsMixin, now: datetime | None = None) -> None:

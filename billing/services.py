@@ -5,11 +5,12 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from accounts.models import ApiToken, LimitsMixin, Organization, TokenGroup, User
-from accounts.services import quota_held_tokens
+from accounts.locks import limits_lock
+from accounts.models import ApiToken, LimitsMixin, Organization, QuotaReset, TokenGroup, User
+from accounts.services import quota_next_reset
 from billing.holds import (
     BUDGET_SQL,
     Budget,
@@ -29,6 +30,7 @@ from billing.holds import (
     hold_refused,
     reservation_of,
 )
+from billing.locks import wallets_lock
 from billing.models import Alert, Hold, LedgerEntry, Wallet
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import format_usd
@@ -76,7 +78,7 @@ def ledger_post(
     with transaction.atomic():
         # The row lock orders concurrent posts to one wallet; a replay waits here, then finds
         # the entry the first post committed.
-        locked = Wallet.objects.select_for_update().filter(pk=wallet.pk)
+        locked = wallets_lock([wallet.pk])
         if not locked.exists():
             raise ApplicationError("wallet not found", code="not_found")
         existing = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
@@ -505,6 +507,108 @@ def _process_lost_log(hold: Hold, now: datetime) -> None:
     )
 
 
+# --- quota resets: the used counters that holds and settlements move ---------------------------
+
+
+def quota_held_tokens(obj: LimitsMixin) -> int:
+    """Tokens that calls in flight hold against this key's or group's quota."""
+    if isinstance(obj, ApiToken):
+        holds = Hold.objects.filter(status=Hold.Status.OPEN, key_id=obj.pk)
+        field = "key_quota_tokens"
+    else:
+        holds = Hold.objects.filter(status=Hold.Status.OPEN, group_id=obj.pk)
+        field = "group_quota_tokens"
+    return holds.aggregate(total=Sum(field))["total"] or 0
+
+
+def _quota_reset_locked(
+    model: type[LimitsMixin],
+    pk: int,
+    *,
+    period_start: datetime,
+    reschedule: bool = False,
+    next_reset_at: datetime | None = None,
+    expected_next_reset_at: datetime | None = None,
+) -> bool:
+    """Reset one quota under its row lock. The usage restarts at what calls in flight still hold,
+    so their settlements (which swap their reservation for the actual tokens) stay exact."""
+    filters = {}
+    if expected_next_reset_at is not None:
+        # A beat fired twice (or two workers): the second finds the schedule moved on.
+        filters["quota_next_reset_at"] = expected_next_reset_at
+    obj = limits_lock(model, [pk], **filters).first()
+    if obj is None:
+        return False
+    obj.quota_used_tokens = quota_held_tokens(obj)
+    obj.quota_last_reset_at = period_start
+    obj.quota_alerted_percent = 0
+    fields = ["quota_used_tokens", "quota_last_reset_at", "quota_alerted_percent"]
+    if reschedule:
+        obj.quota_next_reset_at = next_reset_at
+        fields.append("quota_next_reset_at")
+    obj.save(update_fields=fields)
+    return True
+
+
+def quota_reset(*, obj: LimitsMixin, now: datetime | None = None) -> None:
+    """Reset a key's or group's token quota by hand; its reset schedule stays as it is."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        _quota_reset_locked(type(obj), obj.pk, period_start=now)
+    obj.refresh_from_db(
+        fields=["quota_used_tokens", "quota_last_reset_at", "quota_alerted_percent"]
+    )
+
+
+def quota_reset_for_owner(*, owner: User, now: datetime | None = None) -> tuple[int, int]:
+    """Reset the quotas of all of a user's keys and groups that have one: (keys, groups)."""
+    now = now or timezone.now()
+    counts = []
+    with transaction.atomic():
+        for model in (ApiToken, TokenGroup):
+            # pk order: two resets of one owner lock rows in the same order.
+            pks = model.objects.filter(owner=owner, quota_tokens__isnull=False).order_by("pk")
+            counts.append(
+                sum(
+                    _quota_reset_locked(model, pk, period_start=now)
+                    for pk in pks.values_list("pk", flat=True)
+                )
+            )
+    return counts[0], counts[1]
+
+
+def quotas_reset_due(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Reset every scheduled quota whose period ended; returns how many were reset.
+
+    Run every minute by Celery beat (tasks.tasks.reset_due_quotas) or the relay's in-process
+    scheduler. Each reset is a conditional update on the boundary it was due at, so running it
+    twice, or on two workers at once, resets each quota once.
+    """
+    now = now or timezone.now()
+    reset = 0
+    for model in (ApiToken, TokenGroup):
+        due = (
+            model.objects.filter(quota_next_reset_at__lte=now)
+            .exclude(quota_reset=QuotaReset.MANUAL)
+            .order_by("quota_next_reset_at")
+            .values_list("pk", "quota_next_reset_at", "quota_reset", "owner__time_zone")[:limit]
+        )
+        for pk, boundary, period, time_zone in due:
+            following = quota_next_reset(
+                period=period, time_zone=time_zone, after=max(now, boundary)
+            )
+            with transaction.atomic():
+                reset += _quota_reset_locked(
+                    model,
+                    pk,
+                    period_start=boundary,
+                    reschedule=True,
+                    next_reset_at=following,
+                    expected_next_reset_at=boundary,
+                )
+    return reset
+
+
 # --- alerts -------------------------------------------------------------------------------------
 
 
@@ -520,7 +624,7 @@ def quota_period_key(obj: LimitsMixin) -> str:
 
 def quota_alerts_raise(
     *,
-    api_token_id: int | None = None,
+    key_id: int | None = None,
     group_id: int | None = None,
     refused_call_tokens: int | None = None,
     now: datetime | None = None,
@@ -536,18 +640,13 @@ def quota_alerts_raise(
     Each threshold alerts once per period: quota_alerted_percent moves up under the row lock
     and the alert's unique dedupe key backs it up. Emails go out after the commit.
     """
-    if (api_token_id is None) == (group_id is None):
+    if (key_id is None) == (group_id is None):
         raise ApplicationError("alert on one key or one group")
-    model, pk = (ApiToken, api_token_id) if api_token_id is not None else (TokenGroup, group_id)
+    model, pk = (ApiToken, key_id) if key_id is not None else (TokenGroup, group_id)
     now = now or timezone.now()
     created: list[Alert] = []
     with transaction.atomic():
-        obj = (
-            model.objects.select_for_update(of=("self",))
-            .select_related("owner")
-            .filter(pk=pk)
-            .first()
-        )
+        obj = limits_lock(model, [pk]).first()
         if obj is None or obj.quota_tokens is None:
             return []
         settled = obj.quota_used_tokens - quota_held_tokens(obj)

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from catalog.locks import channels_lock
 from catalog.models import Channel, Model, Provider
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import MoneyError, usd_to_micros
@@ -250,7 +251,7 @@ def channel_record_failure(*, channel_id: int, error: str) -> str:
     now = timezone.now()
     window = timedelta(seconds=settings.RELAY_CHANNEL_FAILURE_WINDOW_SECONDS)
     with transaction.atomic():
-        channel = Channel.objects.select_for_update().filter(pk=channel_id).first()
+        channel = channels_lock([channel_id]).first()
         if channel is None:
             return "missing"
         if (

@@ -46,7 +46,7 @@ def may_alert(thresholds: tuple[int, ...], state: QuotaState | None) -> bool:
 
 def after_settlement(key: KeyInfo, settlement: Settlement) -> None:
     if may_alert(key.alert_thresholds, settlement.key_quota):
-        _check(("key", key.key_id), quota_alerts_raise, api_token_id=key.key_id)
+        _check(("key", key.key_id), quota_alerts_raise, key_id=key.key_id)
     if key.group_id is not None and may_alert(key.group_alert_thresholds, settlement.group_quota):
         _check(("group", key.group_id), quota_alerts_raise, group_id=key.group_id)
     if settlement.low_balance and key.wallet_id is not None:
@@ -62,7 +62,7 @@ def quota_exhausted(key: KeyInfo, scope: HoldRefusal, smallest_call_tokens: int)
     # Targets of their own: a coalesced rerun of a settlement check would not pass `exhausted`.
     if scope == HoldRefusal.KEY_QUOTA:
         target, thresholds = ("key-exhausted", key.key_id), key.alert_thresholds
-        kwargs = {"api_token_id": key.key_id}
+        kwargs = {"key_id": key.key_id}
     elif key.group_id is not None:
         target, thresholds = ("group-exhausted", key.group_id), key.group_alert_thresholds
         kwargs = {"group_id": key.group_id}

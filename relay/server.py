@@ -113,9 +113,9 @@ class RelayHttpProtocol(HttpToolsProtocol):
                 return
         phase = self._phase
         if phase == _BODY:
-            self._last_body_read = self.loop.time()
-            if self._timer is None:
-                self._arm(self._last_body_read + self.body_timeout)
+            self._last_body_read = now = self.loop.time()
+            if self._timer is None or self._timer_when > now + self.body_timeout:
+                self._arm(now + self.body_timeout)
         elif phase == _HEAD:
             if self._head_deadline is None:
                 self._head_deadline = self.loop.time() + self.header_timeout
@@ -253,16 +253,17 @@ class RelayHttpProtocol(HttpToolsProtocol):
         in_body = self._phase == _BODY  # then the cycle is this request's, else an earlier one's
         self._disarm()
         self._phase = _LINGER  # nothing more is parsed
-        if in_body and cycle.response_started:
-            self.transport.close()
-            return
-        if not in_body and cycle is not None and not cycle.response_complete:
-            cycle.keep_alive = False  # the connection closes once that response is out
-            return
         if in_body:
+            if cycle.response_started or self.pipeline:
+                # Its response has begun, or it waits behind earlier requests' responses.
+                self.transport.close()
+                return
             # The app waits for this body: it now receives http.disconnect, its sends dropped.
             cycle.disconnected = True
             cycle.message_event.set()
+        elif cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False  # the connection closes once that response is out
+            return
         body = orjson.dumps(RelayError(status, message, code=code).body())
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:

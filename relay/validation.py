@@ -9,7 +9,7 @@ nesting, and no NUL character (PostgreSQL stores it neither in text nor in jsonb
 fields are logged).
 
 This runs on every call: plain isinstance checks, each message, part and tool visited once,
-a param formatted only for an error, and strings searched in C (orjson, bytes.find), never
+a param formatted only for an error, and strings searched in C (orjson, a bytes search), never
 walked in Python.
 """
 
@@ -148,22 +148,29 @@ def _messages(param: str, messages: object) -> None:
         if not isinstance(message, dict):
             raise invalid_type(f"{param}[{index}]", "an object", message)
         role = message.get("role")
-        if not isinstance(role, str):
-            raise _required(f"{param}[{index}].role", "a string", role)
         content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            _content_parts(f"{param}[{index}].content", content)
-        for key in ("name", "tool_call_id"):
-            value = message.get(key)
-            if value is not None and not isinstance(value, str):
-                raise invalid_type(f"{param}[{index}].{key}", "a string", value)
-        calls = message.get("tool_calls")
-        if calls is not None:
-            _tool_calls(f"{param}[{index}].tool_calls", calls)
-        if role == "tool" and content:
-            # Gemini channels parse a tool result as JSON and nest it in their own body.
-            text = content if isinstance(content, str) else text_of(content)
-            _parsed_depth(f"{param}[{index}].content", text)
+        # Most messages are a role and a text: nothing else to check (but a tool result's text).
+        plain = len(message) == 2 and isinstance(role, str) and isinstance(content, str)
+        if plain and role != "tool":
+            continue
+        _message(f"{param}[{index}]", message, role, content)
+
+
+def _message(param: str, message: dict, role: object, content: object) -> None:
+    if not isinstance(role, str):
+        raise _required(f"{param}.role", "a string", role)
+    if content is not None and not isinstance(content, str):
+        _content_parts(f"{param}.content", content)
+    for key in ("name", "tool_call_id"):
+        value = message.get(key)
+        if value is not None and not isinstance(value, str):
+            raise invalid_type(f"{param}.{key}", "a string", value)
+    calls = message.get("tool_calls")
+    if calls is not None:
+        _tool_calls(f"{param}.tool_calls", calls)
+    if role == "tool" and content:
+        # Gemini channels parse a tool result as JSON and nest it in their own body.
+        _parsed_depth(f"{param}.content", content if isinstance(content, str) else text_of(content))
 
 
 def _content_parts(param: str, parts: object) -> None:
@@ -219,7 +226,7 @@ TEXTS_OR_TOKENS = "a string, an array of strings, or an array of token ids or of
 
 
 def _token_ids(param: str, ids: list) -> None:
-    if all(type(token) is int for token in ids):  # the common case, without a param per id
+    if set(map(type, ids)) <= {int}:  # the common case, at C speed (bool is not int here)
         return
     for index, token in enumerate(ids):
         if type(token) is not int:
@@ -446,7 +453,7 @@ def _encoded_within_depth(value: object) -> bytes | None:
 def _nul_param(body: dict) -> str | None:
     """The param of the first string with a NUL in it ("" for a key of the body itself), or
     None. A key with a NUL is named by its object."""
-    stack: list[tuple[str, object]] = [("", body)]  # not recursion: it may be 64 levels deep
+    stack: list[tuple[str, object]] = [("", body)]  # not recursion: MAX_DEPTH levels deep
     while stack:
         param, value = stack.pop()
         if isinstance(value, str):

@@ -20,5 +20,5 @@ PERIODIC_JOBS = (
         "catalog.services:channels_probe_disabled"),
     # Quotas reset within a minute of their boundary; a double-fired beat resets once.
     Job("reset-due-quotas", 60.0, "tasks.tasks.reset_due_quotas",
-        "accounts.services:quotas_reset_due"),
+        "billing.services:quotas_reset_due"),
 )  # fmt: skip

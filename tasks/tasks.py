@@ -1,7 +1,6 @@
 """Celery tasks: take ids, are safe to run twice, call one service each."""
 
-from accounts.services import quotas_reset_due
-from billing.services import alert_email_send, holds_release_expired
+from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
 from catalog.services import channels_probe_disabled
 from tokenbyte.celery import app
 

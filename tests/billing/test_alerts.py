@@ -14,7 +14,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from accounts.models import ApiToken, TokenGroup
-from accounts.services import api_token_create, quota_reset, token_group_create
+from accounts.services import api_token_create, token_group_create
 from billing.holds import HoldParts
 from billing.models import Alert, LedgerEntry, Wallet
 from billing.selectors import alerts_for_user
@@ -24,6 +24,7 @@ from billing.services import (
     hold_acquire,
     ledger_post,
     quota_alerts_raise,
+    quota_reset,
     wallet_get_or_create,
     wallet_low_balance_alert_raise,
 )
@@ -59,11 +60,11 @@ def set_used(obj, used: int) -> None:
 
 def test_the_80_percent_alert_is_sent_once(owner):
     token = key_with_quota(owner, used=799)
-    assert quota_alerts_raise(api_token_id=token.pk) == []
+    assert quota_alerts_raise(key_id=token.pk) == []
 
     set_used(token, 800)
-    [alert] = quota_alerts_raise(api_token_id=token.pk)
-    again = quota_alerts_raise(api_token_id=token.pk)
+    [alert] = quota_alerts_raise(key_id=token.pk)
+    again = quota_alerts_raise(key_id=token.pk)
 
     assert again == []
     assert (alert.kind, alert.threshold_percent, alert.user) == ("token_quota", 80, owner)
@@ -82,11 +83,11 @@ def test_the_80_percent_alert_is_sent_once(owner):
 def test_a_jump_past_both_thresholds_sends_both_once_and_a_new_period_sends_them_again(owner):
     token = key_with_quota(owner, used=1000)
 
-    first = quota_alerts_raise(api_token_id=token.pk)
-    repeat = quota_alerts_raise(api_token_id=token.pk)
+    first = quota_alerts_raise(key_id=token.pk)
+    repeat = quota_alerts_raise(key_id=token.pk)
     quota_reset(obj=token)
     set_used(token, 850)
-    next_period = quota_alerts_raise(api_token_id=token.pk)
+    next_period = quota_alerts_raise(key_id=token.pk)
 
     assert [a.threshold_percent for a in first] == [80, 100]
     assert first[1].message == "Your API key 'prod' has used its whole token quota of 1,000."
@@ -109,7 +110,7 @@ def test_what_calls_in_flight_hold_does_not_count_toward_an_alert(owner):
     token.refresh_from_db()
     assert token.quota_used_tokens == 1000
 
-    assert quota_alerts_raise(api_token_id=token.pk) == []
+    assert quota_alerts_raise(key_id=token.pk) == []
     assert mail.outbox == []
 
 
@@ -117,7 +118,7 @@ def test_a_quota_too_short_for_the_smallest_call_counts_as_used_up(owner):
     token = key_with_quota(owner, used=975)
 
     # The relay refused a call whose smallest form needs 29 tokens; 25 are left.
-    alerts = quota_alerts_raise(api_token_id=token.pk, refused_call_tokens=29)
+    alerts = quota_alerts_raise(key_id=token.pk, refused_call_tokens=29)
 
     assert [a.threshold_percent for a in alerts] == [80, 100]
 
@@ -125,7 +126,7 @@ def test_a_quota_too_short_for_the_smallest_call_counts_as_used_up(owner):
 def test_a_refusal_while_enough_is_left_alerts_nothing(owner):
     token = key_with_quota(owner, used=500)
 
-    assert quota_alerts_raise(api_token_id=token.pk, refused_call_tokens=29) == []
+    assert quota_alerts_raise(key_id=token.pk, refused_call_tokens=29) == []
 
 
 def test_group_alerts_follow_the_groups_own_thresholds(owner):
@@ -146,8 +147,8 @@ def test_a_key_without_thresholds_or_quota_never_alerts(owner):
     ApiToken.objects.filter(pk=silent.pk).update(alert_thresholds=[])
     free, _ = api_token_create(owner=owner, name="free")
 
-    assert quota_alerts_raise(api_token_id=silent.pk) == []
-    assert quota_alerts_raise(api_token_id=free.pk) == []
+    assert quota_alerts_raise(key_id=silent.pk) == []
+    assert quota_alerts_raise(key_id=free.pk) == []
     assert not Alert.objects.exists()
 
 
@@ -202,7 +203,7 @@ def test_a_wallet_without_a_threshold_never_alerts(owner):
 def test_the_email_task_sends_once_when_run_twice(owner):
     token = key_with_quota(owner, used=800)
     celery_app.conf.task_always_eager = False  # queued on the broker only: run by hand below
-    [alert] = quota_alerts_raise(api_token_id=token.pk)
+    [alert] = quota_alerts_raise(key_id=token.pk)
     celery_app.conf.task_always_eager = True
     assert mail.outbox == []
 
@@ -218,7 +219,7 @@ def test_a_failed_send_leaves_the_alert_unsent_for_the_retry(owner):
     token = key_with_quota(owner, used=800)
     with override_settings(EMAIL_BACKEND="tests.billing.test_alerts.FailingBackend"):
         # The task retries and gives up (eagerly here); the alert itself is committed.
-        [alert] = quota_alerts_raise(api_token_id=token.pk)
+        [alert] = quota_alerts_raise(key_id=token.pk)
 
     alert.refresh_from_db()
     assert alert.emailed_at is None
@@ -234,7 +235,7 @@ class FailingBackend(BaseEmailBackend):
 
 def test_alerts_are_listed_for_the_dashboard_newest_first(owner):
     token = key_with_quota(owner, used=1000)
-    quota_alerts_raise(api_token_id=token.pk)
+    quota_alerts_raise(key_id=token.pk)
     Alert.objects.filter(threshold_percent=80).update(
         created_at=timezone.now() - timedelta(minutes=1)
     )
@@ -287,7 +288,7 @@ def test_alert_emails_reach_a_real_smtp_server(owner, smtp_server):
         EMAIL_HOST_USER="",
         EMAIL_HOST_PASSWORD="",
     ):
-        [alert] = quota_alerts_raise(api_token_id=token.pk)
+        [alert] = quota_alerts_raise(key_id=token.pk)
 
     deadline = time.monotonic() + 5
     while not inbox.messages and time.monotonic() < deadline:

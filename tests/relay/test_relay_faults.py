@@ -39,6 +39,14 @@ def reconnect() -> None:
     connection.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_connection_after(transactional_db):
+    """Torn down before the database flush: the test's connection may have died with the
+    server, and Django would otherwise use it again."""
+    yield
+    reconnect()
+
+
 def books_are_right(wallet: Wallet) -> None:
     reconnect()
     wallet.refresh_from_db()
@@ -86,19 +94,19 @@ def stream_call(client: openai.OpenAI) -> dict:
         return {"ok": False, "status": None, "code": type(error).__name__}
 
 
-def run_load(client: openai.OpenAI, calls: int, workers: int) -> list[dict]:
+def run_load(client: openai.OpenAI, workers: int, until: threading.Event) -> list[dict]:
+    """Streamed calls from `workers` threads until `until` is set; a refused call is retried
+    after a pause, as a client backing off would."""
     results: list[dict] = []
     lock = threading.Lock()
-    remaining = iter(range(calls))
 
     def worker() -> None:
-        while True:
-            with lock:
-                if next(remaining, None) is None:
-                    return
+        while not until.is_set():
             result = stream_call(client)
             with lock:
                 results.append(result)
+            if not result["ok"]:
+                time.sleep(0.2)
 
     threads = [threading.Thread(target=worker) for _ in range(workers)]
     for thread in threads:
@@ -112,25 +120,27 @@ def test_calls_finished_across_two_database_restarts_are_all_billed_once(make_ac
     mock.chunk_delay_ms = 40  # ~0.7 s a stream: restarts land in the middle of calls
     account = make_account("10")
     restarts = []
+    done = threading.Event()
 
     def restart_twice() -> None:
-        for pause in (1.0, 2.5):
+        for pause in (1.0, 2.0):
             time.sleep(pause)
             pg_ctl("restart", "-m", "fast")
             restarts.append(time.monotonic())
+        time.sleep(1.5)  # calls that started after the second restart finish normally
+        done.set()
 
     restarter = threading.Thread(target=restart_twice)
     restarter.start()
-    results = run_load(account.client, calls=60, workers=8)
+    results = run_load(account.client, workers=8, until=done)
     restarter.join()
 
     assert len(restarts) == 2
-    assert len(results) == 60
     # No 500: calls refused while the database was away are 503s the client may retry.
     failures = [r for r in results if not r["ok"]]
     assert all(r["status"] == 503 for r in failures), failures
     paid = [r for r in results if r["ok"]]
-    assert len(paid) >= 30
+    assert len(paid) >= 20
     reconnect()
     wait_for(
         lambda: RequestLog.objects.filter(api_token=account.token, status_code=200).count()

@@ -3,6 +3,7 @@
 import time
 
 import httpx
+import openai
 import pytest
 
 from relay.metering import count_text
@@ -160,3 +161,47 @@ def test_a_client_hanging_up_cancels_upstream_and_is_billed_for_what_was_deliver
     assert account.balance() == 10_000_000 - log.cost_micros
     account.wallet.refresh_from_db()
     assert account.wallet.held_micros == 0
+
+
+def test_a_stream_that_fails_before_its_first_content_is_free_like_its_plain_twin(
+    make_account, mock
+):
+    add_channel(
+        mock, "garbled", "gpt-test", model_mapping={"gpt-test": "mock-fault-malformed"}, priority=9
+    )
+    account = make_account("10", channel=False)
+
+    received, error = stream_until_error(account)
+    with pytest.raises(openai.APIStatusError) as plain:
+        chat(account)
+
+    assert "invalid stream" in str(error)
+    assert "".join(received) == ""
+    assert plain.value.status_code == 502
+    logs = wait_for_logs(account, 2)
+    assert [(log.is_stream, log.status_code, log.cost_micros) for log in logs] == [
+        (True, 502, 0),
+        (False, 502, 0),
+    ]
+    assert account.balance() == 10_000_000
+
+
+def test_a_stream_dying_part_way_still_sends_its_usage_and_cost_when_asked(make_account, mock):
+    add_channel(
+        mock, "dying", "gpt-test", model_mapping={"gpt-test": "mock-fault-drop"}, priority=9
+    )
+    account = make_account("10")
+
+    chunks = []
+    with pytest.raises(openai.APIError) as excinfo:
+        for chunk in chat(account, stream=True, stream_options={"include_usage": True}):
+            chunks.append(chunk)
+
+    assert "broke off" in str(excinfo.value)
+    [usage_chunk] = [c for c in chunks if c.usage is not None]
+    assert usage_chunk.choices == []
+    delivered = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert usage_chunk.usage.completion_tokens == count_text(delivered) > 0
+    [log] = wait_for_logs(account, 1)
+    assert log.cost_micros == cost(9, log.completion_tokens) > 0
+    assert round(usage_chunk.usage.model_extra["cost"] * 1_000_000) == log.cost_micros

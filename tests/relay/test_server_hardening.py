@@ -2,6 +2,7 @@
 sockets to a real uvicorn process: malformed requests, HEAD, oversized heads, stalled clients."""
 
 import asyncio
+import functools
 import json
 import socket
 import time
@@ -279,82 +280,6 @@ def test_a_head_just_under_the_limit_is_served(relay):
     assert response.status == 401  # through to the app, which wants a key
 
 
-def test_a_head_over_the_limit_is_parsed_no_further_than_the_limit():
-    reads = [ONE_MEGABYTE_HEAD[i : i + 16384] for i in range(0, len(ONE_MEGABYTE_HEAD), 16384)]
-
-    fed, transport = asyncio.run(feed_in_process(reads))
-
-    assert sum(fed) == MAX_HEADER_BYTES
-    assert transport.written.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
-    # Answered, then lingering: FIN sent, the connection left open to drain.
-    assert (transport.eof_written, transport.closed) == (True, False)
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = b""
-        self.eof_written = self.closed = False
-
-    def get_extra_info(self, name: str, default=None):
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class RecordingParser:
-    """httptools' parser, recording how many bytes it was fed each time."""
-
-    def __init__(self, parser) -> None:
-        self.parser = parser
-        self.fed: list[int] = []
-
-    def feed_data(self, data) -> None:
-        self.fed.append(len(data))
-        self.parser.feed_data(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.parser, name)
-
-
-async def feed_in_process(pieces: list[bytes]) -> tuple[list[int], FakeTransport]:
-    """The relay's protocol in this process, fed `pieces`: (bytes parsed per read, transport)."""
-
-    async def app(scope, receive, send) -> None:
-        raise AssertionError("no request should reach the app")
-
-    config = Config(app=app, lifespan="off", log_config=None)
-    config.load()
-    protocol = RelayHttpProtocol(
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
-    )
-    transport = FakeTransport()
-    protocol.connection_made(transport)
-    protocol.parser = recording = RecordingParser(protocol.parser)
-    for piece in pieces:
-        protocol.data_received(piece)
-    return recording.fed, transport
-
-
 # Stalled clients
 
 
@@ -509,3 +434,137 @@ def test_a_stream_longer_than_every_timeout_is_delivered_whole(hardened, make_ac
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
     logs = wait_for_logs(account, 2)
     assert [(log.is_stream, log.completion_tokens) for log in logs] == [(False, 16), (True, 16)]
+
+
+# In process: what the parser was fed, and waits that are the app's
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.eof_written = self.closed = False
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class RecordingParser:
+    """httptools' parser, recording how many bytes it was fed each time."""
+
+    def __init__(self, parser) -> None:
+        self.parser = parser
+        self.fed: list[int] = []
+
+    def feed_data(self, data) -> None:
+        self.fed.append(len(data))
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.parser, name)
+
+
+def in_process(
+    app, *, body_timeout: float | None = None
+) -> tuple[RelayHttpProtocol, FakeTransport]:
+    """The relay's protocol in this process (inside a running loop), on a fake connection."""
+    config = Config(app=app, interface="asgi3", lifespan="off", log_config=None, access_log=False)
+    config.load()
+    protocol = RelayHttpProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    if body_timeout is not None:
+        protocol.body_timeout = body_timeout
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def until(predicate, timeout: float = LATE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def echo_after(seconds: float, scope, receive, send) -> None:
+    """An app that answers with the request body, `seconds` after it is called."""
+    await asyncio.sleep(seconds)
+    body = b""
+    while (message := await receive())["type"] == "http.request":
+        body += message["body"]
+        if not message["more_body"]:
+            break
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_head_over_the_limit_is_parsed_no_further_than_the_limit():
+    async def run() -> tuple[list[int], FakeTransport]:
+        protocol, transport = in_process(functools.partial(echo_after, 0))
+        protocol.parser = recording = RecordingParser(protocol.parser)
+        for start in range(0, len(ONE_MEGABYTE_HEAD), 16384):
+            protocol.data_received(ONE_MEGABYTE_HEAD[start : start + 16384])
+        return recording.fed, transport
+
+    fed, transport = asyncio.run(run())
+
+    assert sum(fed) == MAX_HEADER_BYTES
+    assert transport.written.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    # Answered, then lingering: FIN sent, the connection left open to drain.
+    assert (transport.eof_written, transport.closed) == (True, False)
+
+
+def test_a_body_the_app_has_not_asked_for_yet_is_not_timed_out():
+    async def run() -> bytes:
+        # The client waits for 100 Continue, which goes out when the app first reads: later
+        # than the body timeout.
+        protocol, transport = in_process(functools.partial(echo_after, 0.5), body_timeout=0.2)
+        protocol.data_received(
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        await until(lambda: b"100 Continue" in transport.written)
+        protocol.data_received(b"hi")
+        await until(lambda: transport.written.endswith(b"hi"))
+        return transport.written
+
+    assert asyncio.run(run()) == (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"
+    )
+
+
+def test_a_stalled_pipelined_body_is_answered_after_the_response_before_it():
+    async def run() -> bytes:
+        protocol, transport = in_process(functools.partial(echo_after, 0.5), body_timeout=0.2)
+        protocol.data_received(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok"
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nstal"
+        )
+        await until(lambda: transport.eof_written)
+        return transport.written
+
+    first, second = asyncio.run(run()).split(b"\r\n\r\nok", 1)
+    assert first == b"HTTP/1.1 200 OK\r\ncontent-length: 2"
+    assert second.startswith(b"HTTP/1.1 408 Request Timeout\r\n")

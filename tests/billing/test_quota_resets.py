@@ -9,19 +9,15 @@ from django.urls import reverse
 from freezegun import freeze_time
 
 from accounts.models import ApiToken, TokenGroup
-from accounts.services import (
-    api_token_create,
-    quota_next_reset,
-    quota_reset,
-    quotas_reset_due,
-    token_group_create,
-)
+from accounts.services import api_token_create, quota_next_reset, token_group_create
 from billing.holds import HoldParts
 from billing.models import Hold
 from billing.services import (
     call_settle_orm,
     credit_grant,
     hold_acquire,
+    quota_reset,
+    quotas_reset_due,
     wallet_get_or_create,
 )
 from tests.billing.test_holds import charge_for

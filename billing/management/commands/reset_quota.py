@@ -1,7 +1,7 @@
 from django.core.management.base import CommandError
 
 from accounts.models import ApiToken, TokenGroup, User
-from accounts.services import quota_reset, quota_reset_for_owner
+from billing.services import quota_reset, quota_reset_for_owner
 from tokenbyte.commands import OperatorCommand
 
 
