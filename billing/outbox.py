@@ -118,6 +118,13 @@ def outbox_done(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def outbox_set_aside(path: Path) -> None:
+    """A settlement that failed for another reason than the database being away."""
+    name = path.name.split(CLAIMED)[0]
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, path.with_name(f".failed-{name}"))
+
+
 def outbox_unclaim(path: Path) -> None:
     """Put a claimed settlement back for a later try."""
     with contextlib.suppress(FileNotFoundError):

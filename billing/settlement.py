@@ -92,8 +92,10 @@ async def outbox_drain() -> int:
             outbox.outbox_unclaim(path)
             continue
         except Exception:
-            logger.exception("could not settle %s from the outbox", charge.request_id)
-            outbox.outbox_unclaim(path)
+            # Not the database being away: it would fail again every round. Set aside for an
+            # operator; its hold is no longer kept, so the sweep releases it.
+            logger.exception("could not settle %s from the outbox; set aside", charge.request_id)
+            outbox.outbox_set_aside(path)
             continue
         outbox.outbox_done(path)
         settled += 1

@@ -188,10 +188,10 @@ def log_row(outcome: "Outcome", now: datetime) -> dict:
         "channel_name": outcome.channel_name,
         "attempts": outcome.attempts,
         "error_code": outcome.error_code,
-        "error_message": outcome.error_message[:2000],
+        "error_message": _loggable(outcome.error_message[:2000]),
         "client_ip": outcome.client_ip,
         "request_params": outcome.request_params,
-        "response_excerpt": outcome.response_excerpt[:500],
+        "response_excerpt": _loggable(outcome.response_excerpt[:500]),
     }
 
 
@@ -589,6 +589,12 @@ def last_used_due(key_id: int) -> bool:
         _last_used_written[key_id] = now
         return True
     return False
+
+
+def _loggable(text: str) -> str:
+    """Text from the upstream, as PostgreSQL can store it (no NUL in text or jsonb): a reply
+    that echoes one must not make the settlement's write fail."""
+    return text.replace("\x00", "") if "\x00" in text else text
 
 
 def charge_of(outcome: "Outcome") -> CallCharge:

@@ -109,16 +109,26 @@ class Usage:
     def from_openai(cls, usage: object) -> "Usage | None":
         if not isinstance(usage, dict):
             return None
-        details = usage.get("prompt_tokens_details") or {}
+        details = usage.get("prompt_tokens_details")
         try:
             return cls(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-                cached_tokens=int((details or {}).get("cached_tokens") or 0),
+                prompt_tokens=_count(usage.get("prompt_tokens")),
+                completion_tokens=_count(usage.get("completion_tokens")),
+                cached_tokens=_count(details.get("cached_tokens"))
+                if isinstance(details, dict)
+                else 0,
                 reported=True,
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
+
+
+# The log's token columns are 32-bit: a provider's absurd count is clamped, not a failed write.
+MAX_TOKEN_COUNT = 2**31 - 1
+
+
+def _count(value: object) -> int:
+    return min(max(0, int(value or 0)), MAX_TOKEN_COUNT)
 
 
 def cost_micros(model: ModelInfo, usage: Usage) -> int:

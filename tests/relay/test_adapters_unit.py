@@ -11,7 +11,9 @@ from relay.adapters.anthropic import chat_response as anthropic_response
 from relay.adapters.gemini import GEMINI, GeminiStream, gemini_schema
 from relay.adapters.gemini import chat_request as gemini_request
 from relay.adapters.gemini import chat_response as gemini_response
+from relay.calls import _loggable
 from relay.http import RelayError
+from relay.metering import Usage
 from relay.routing import Route
 from relay.streaming import SSEMeter
 from relay.upstream import UpstreamFailure, failure_from_status
@@ -904,3 +906,17 @@ def test_a_malformed_gemini_event_is_handed_on_and_nothing_after_it():
     meter = SSEMeter(show_usage=False, cost_for=lambda usage: 0.0)
     assert len(meter.feed(out)) == 2
     assert meter.malformed
+
+
+def test_absurd_provider_token_counts_are_clamped_to_what_the_log_stores():
+    usage = Usage.from_openai(
+        {"prompt_tokens": 2**40, "completion_tokens": -5, "prompt_tokens_details": "x"}
+    )
+
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (2**31 - 1, 0, 0)
+    assert Usage.from_openai({"prompt_tokens": float("inf")}) is None
+
+
+def test_a_nul_character_from_the_upstream_is_dropped_from_the_log():
+    assert _loggable("he\x00llo") == "hello"
+    assert _loggable("plain") == "plain"

@@ -1,9 +1,10 @@
-"""Hostile bodies, generated: none may make the relay fail (a 500) or leave its books wrong.
+"""Hostile bodies: none may make the relay fail (a 500) or leave its books wrong.
 
-Bodies come in four kinds: any JSON value; objects of the known field names with any values;
-well-formed bodies with fields swapped for wrong-typed or out-of-range values; and well-formed
-bodies. They go through relay/validation.py and what reads a body after it (metering, the
-request log, every adapter) in process, and over HTTP to a real relay process.
+Four bodies that were 500s are checked over HTTP. The others are generated, of four kinds: any
+JSON value; objects of the known field names with any values; well-formed bodies with fields
+swapped for wrong-typed or out-of-range values; and well-formed bodies. They go through
+relay/validation.py and what reads a body after it (metering, the request log, every adapter)
+in process, and over HTTP to a real relay process.
 """
 
 import itertools
@@ -36,6 +37,7 @@ ENDPOINTS = {
 }
 MODELS = {"chat.completions": "gpt-test", "completions": "gpt-test", "embeddings": "embed-test"}
 UPSTREAM_ERRORS = {502, 503}
+HELLO = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hello there"}]}
 
 
 # --- strategies ---------------------------------------------------------------------------------
@@ -315,6 +317,37 @@ def assert_answered_properly(response: httpx.Response, stream: bool) -> None:
     assert error["param"] is None or isinstance(error["param"], str)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "code", "param"),
+    [
+        ("/v1/chat/completions", {**HELLO, "max_tokens": 9223372036854775807}, "invalid_value",
+         "max_tokens"),
+        ("/v1/completions", {"model": "gpt-test", "prompt": "Hi", "n": 4611686018427387904},
+         "invalid_value", "n"),
+        ("/v1/chat/completions", {**HELLO, "stream": True, "stream_options": "x"},
+         "invalid_type", "stream_options"),
+        ("/v1/chat/completions", {**HELLO, "tools": [1, {"function": 5}]}, "invalid_type",
+         "tools[0]"),
+    ],
+)  # fmt: skip
+def test_bodies_that_were_500s_are_400s_naming_the_field_and_change_nothing(
+    make_account, relay, path, body, code, param
+):
+    account = make_account("1")
+
+    response = httpx.post(
+        f"{relay.url}{path}", json=body, headers={"authorization": f"Bearer {account.key}"}
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
+    account.wallet.refresh_from_db()
+    assert (account.wallet.balance_micros, account.wallet.held_micros) == (1_000_000, 0)
+    assert not Hold.objects.filter(wallet=account.wallet).exists()
+    assert not account.logs().exists()
+
+
 def test_no_body_makes_the_relay_fail_or_leaves_its_books_wrong(make_account, relay, mock):
     ModelFactory(model_id="embed-test", call_type="embedding", input_price_micros_per_mtok=20_000)
     add_channel(mock, "embeddings", "embed-test")
@@ -350,8 +383,7 @@ def test_no_body_makes_the_relay_fail_or_leaves_its_books_wrong(make_account, re
     ledger = account.wallet.ledger_entries.aggregate(total=Sum("amount_micros"))["total"]
     assert account.wallet.balance_micros == ledger
     assert account.wallet.held_micros == 0
-    # Every call that got an answer was logged with that status, and none that was refused
-    # before it began.
+    # Every call answered 200 was logged, and every logged call with the status its client got.
     logged = dict(account.logs().values_list("request_id", "status_code"))
     assert logged == {
         request_id: status
