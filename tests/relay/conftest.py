@@ -173,7 +173,8 @@ class Account:
         return self.wallet.balance_micros
 
     def logs(self):
-        return RequestLog.objects.filter(api_token=self.token).order_by("id")
+        # By start time: each call settles after its answer, so ids may come in either order.
+        return RequestLog.objects.filter(api_token=self.token).order_by("created_at", "id")
 
 
 def add_channel(mock: MockUpstream, name: str, model: str, **kwargs) -> Channel:
