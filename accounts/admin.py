@@ -5,7 +5,15 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from accounts.models import ApiToken, Invitation, Membership, Organization, TokenGroup, User
+from accounts.models import (
+    ApiToken,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organization,
+    TokenGroup,
+    User,
+)
 from accounts.services import (
     LIMIT_COUNTERS,
     api_token_set_group,
@@ -66,6 +74,7 @@ class UserAdmin(BaseUserAdmin):
         ("Profile", {"fields": ("name", "role", "time_zone")}),
         ("Relay access", {"fields": ("is_active", "is_blocked", "blocked_reason")}),
         ("Logs", {"fields": ("log_retention_days", "extended_log_archive")}),
+        ("Notifications", {"fields": ("notify_quota_alerts", "notify_low_balance")}),
         (
             "Staff permissions",
             {"fields": ("is_staff", "is_superuser", "groups", "user_permissions")},
@@ -382,3 +391,17 @@ class ApiTokenAdmin(LimitsAdminMixin, admin.ModelAdmin):
     @admin.action(description="Revoke selected keys (final)", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         self._set_status(request, queryset, ApiToken.Status.REVOKED, "Revoked")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ViewOnlyAdmin):
+    """What happened to each account (sign-ins, keys, authenticators): written by the services."""
+
+    list_display = ("created_at", "user", "kind", "ip", "detail")
+    list_select_related = ("user",)
+    list_filter = ("kind", "created_at")
+    search_fields = ("=user__email", "=ip", "detail")
+    search_help_text = "The user's exact email, an exact IP address or the detail"
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    fields = ("created_at", "user", "kind", "ip", "user_agent", "detail")

@@ -45,6 +45,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     time_zone = models.CharField(max_length=64, default="UTC")
     log_retention_days = models.PositiveIntegerField(default=30)
     extended_log_archive = models.BooleanField(default=False)
+    # Alert emails the owner wants (the alerts stay listed in the console either way).
+    notify_quota_alerts = models.BooleanField(default=True)
+    notify_low_balance = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
 
     objects = UserManager()
@@ -250,3 +253,41 @@ class ApiToken(LimitsMixin):
 
     def is_expired(self, now=None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+
+class AuditEvent(models.Model):
+    """Something that happened to a user's account, listed for the user in Profile.
+
+    Append-only: written by accounts.services.audit_event_record, never edited.
+    """
+
+    class Kind(models.TextChoices):
+        SIGNED_IN = "signed_in", "Signed in"
+        SIGN_IN_FAILED = "sign_in_failed", "Sign-in failed"
+        SIGNED_OUT = "signed_out", "Signed out"
+        KEY_CREATED = "key_created", "API key created"
+        KEY_REVOKED = "key_revoked", "API key revoked"
+        PASSKEY_ADDED = "passkey_added", "Passkey added"
+        PASSKEY_REMOVED = "passkey_removed", "Passkey removed"
+        TOTP_ENABLED = "totp_enabled", "Authenticator app enabled"
+        TOTP_DISABLED = "totp_disabled", "Authenticator app disabled"
+        RECOVERY_CODES_GENERATED = "recovery_codes_generated", "Recovery codes generated"
+        PASSWORD_CHANGED = "password_changed", "Password changed"
+        EMAIL_CHANGED = "email_changed", "Email changed"
+        SOCIAL_LINKED = "social_linked", "Provider linked"
+        SOCIAL_UNLINKED = "social_unlinked", "Provider unlinked"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="audit_events")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    # Empty when the event did not come from a web request (a command, the admin's services).
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=255, blank=True)
+    detail = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"], name="audit_event_user_created")]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"

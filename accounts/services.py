@@ -4,12 +4,22 @@ import logging
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.models import ApiToken, LimitsMixin, Organization, QuotaReset, TokenGroup, User
+from accounts.models import (
+    ApiToken,
+    AuditEvent,
+    LimitsMixin,
+    Organization,
+    QuotaReset,
+    TokenGroup,
+    User,
+)
 from tokenbyte.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -141,27 +151,32 @@ def api_token_create(
     models = _clean_models(allowed_models)
     ips = _clean_ips(allowed_ips)
     key = api_key_generate()
-    token = ApiToken.objects.create(
-        owner=owner,
-        name=name,
-        organization=organization,
-        group=group,
-        prefix=key[:API_KEY_DISPLAY_LENGTH],
-        digest=api_key_digest(key),
-        allowed_models=models,
-        allowed_ips=ips,
-        rpm=rpm,
-        tpm=tpm,
-        rpd=rpd,
-        quota_tokens=quota_tokens,
-        quota_reset=quota_reset,
-        quota_next_reset_at=quota_next_reset(
-            period=quota_reset, time_zone=owner.time_zone, after=timezone.now()
-        ),
-        max_cost_per_request_micros=max_cost_per_request_micros,
-        credit_limit_micros=credit_limit_micros,
-        expires_at=expires_at,
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            owner=owner,
+            name=name,
+            organization=organization,
+            group=group,
+            prefix=key[:API_KEY_DISPLAY_LENGTH],
+            digest=api_key_digest(key),
+            allowed_models=models,
+            allowed_ips=ips,
+            rpm=rpm,
+            tpm=tpm,
+            rpd=rpd,
+            quota_tokens=quota_tokens,
+            quota_reset=quota_reset,
+            quota_next_reset_at=quota_next_reset(
+                period=quota_reset, time_zone=owner.time_zone, after=timezone.now()
+            ),
+            max_cost_per_request_micros=max_cost_per_request_micros,
+            credit_limit_micros=credit_limit_micros,
+            expires_at=expires_at,
+        )
+        # No request here (console, API and command alike): the event has no address.
+        audit_event_record(
+            user=owner, kind=AuditEvent.Kind.KEY_CREATED, detail=f"{token.name} ({token.prefix}…)"
+        )
     return token, key
 
 
@@ -179,6 +194,12 @@ def api_token_set_status(*, token: ApiToken, status: str) -> bool:
             .exclude(status=status)
             .update(**fields)
         )
+        if changed and status == ApiToken.Status.REVOKED:
+            audit_event_record(
+                user_id=token.owner_id,
+                kind=AuditEvent.Kind.KEY_REVOKED,
+                detail=f"{token.name} ({token.prefix}…)",
+            )
     if changed:
         for attr, value in fields.items():
             setattr(token, attr, value)
@@ -300,4 +321,95 @@ def user_set_random_password(*, user: User) -> str:
     password = secrets.token_urlsafe(12)
     user.set_password(password)
     user.save(update_fields=["password"])
+    # The operator hands this password out (seed_demo): the address counts as verified, or
+    # mandatory email verification would stop the printed login at a confirmation email.
+    user_email_mark_verified(user=user)
     return password
+
+
+def user_email_mark_verified(*, user: User) -> None:
+    """Record the user's address as verified and primary in allauth's table."""
+    from allauth.account.models import EmailAddress
+
+    EmailAddress.objects.filter(user=user).exclude(email__iexact=user.email).update(primary=False)
+    EmailAddress.objects.update_or_create(
+        user=user, email=user.email, defaults={"verified": True, "primary": True}
+    )
+
+
+# --- profile -------------------------------------------------------------------------------------
+
+
+def user_profile_update(
+    *,
+    user: User,
+    name: str,
+    time_zone: str,
+    extended_log_archive: bool,
+    notify_quota_alerts: bool,
+    notify_low_balance: bool,
+) -> list[str]:
+    """Save the settings a user edits in Profile. Returns the names of the fields that changed."""
+    if time_zone not in available_timezones():
+        raise ApplicationError(f"unknown time zone: {time_zone!r}")
+    values = {
+        "name": name.strip(),
+        "time_zone": time_zone,
+        "extended_log_archive": extended_log_archive,
+        "notify_quota_alerts": notify_quota_alerts,
+        "notify_low_balance": notify_low_balance,
+    }
+    changed = [field for field, value in values.items() if getattr(user, field) != value]
+    if not changed:
+        return []
+    for field in changed:
+        setattr(user, field, values[field])
+    with transaction.atomic():
+        user.save(update_fields=changed)
+        if "time_zone" in changed:
+            # Scheduled quota resets follow the owner's local midnight.
+            user_time_zone_changed(user=user)
+    return changed
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+AUDIT_TEXT_LENGTH = 255
+
+
+def _client_ip(request: HttpRequest) -> str | None:
+    from allauth.account.adapter import get_adapter
+
+    # allauth's reading of the address (ALLAUTH_TRUSTED_PROXY_COUNT), as its rate limits see it.
+    try:
+        ip = get_adapter(request).get_client_ip(request)
+    except PermissionDenied:
+        return None
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return None
+
+
+def audit_event_record(
+    *,
+    kind: str,
+    user: User | None = None,
+    user_id: int | None = None,
+    request: HttpRequest | None = None,
+    detail: str = "",
+) -> AuditEvent:
+    """Append one event to the user's audit list (Profile). `request` gives the IP and browser."""
+    if kind not in AuditEvent.Kind.values:
+        raise ApplicationError(f"unknown audit event kind: {kind!r}")
+    ip, user_agent = None, ""
+    if request is not None:
+        ip = _client_ip(request)
+        user_agent = request.META.get("HTTP_USER_AGENT", "")[:AUDIT_TEXT_LENGTH]
+    return AuditEvent.objects.create(
+        user_id=user.pk if user is not None else user_id,
+        kind=kind,
+        ip=ip,
+        user_agent=user_agent,
+        detail=detail[:AUDIT_TEXT_LENGTH],
+    )

@@ -737,6 +737,14 @@ def _queue_alert_emails(alerts: list[Alert]) -> None:
         )
 
 
+# The User field that switches each kind of alert email on and off (Profile).
+ALERT_EMAIL_SWITCHES = {
+    Alert.Kind.TOKEN_QUOTA: "notify_quota_alerts",
+    Alert.Kind.GROUP_QUOTA: "notify_quota_alerts",
+    Alert.Kind.LOW_BALANCE: "notify_low_balance",
+}
+
+
 def alert_email_send(*, alert_id: int) -> bool:
     """Email one alert to its owner, once. Returns whether an email went out.
 
@@ -745,6 +753,11 @@ def alert_email_send(*, alert_id: int) -> bool:
     """
     alert = Alert.objects.select_related("user").filter(pk=alert_id).first()
     if alert is None or alert.emailed_at is not None:
+        return False
+    if not getattr(alert.user, ALERT_EMAIL_SWITCHES[alert.kind]):
+        # The owner turned these emails off in Profile: the alert stays listed in the console,
+        # unsent (emailed_at empty is the truth), and returning without an error means the task
+        # is not retried.
         return False
     body = (
         f"{alert.message}\n\n"

@@ -5,11 +5,24 @@ from django_otp.admin import OTPAdminSite
 
 
 class TokenByteAdminSite(OTPAdminSite):
-    """Staff admin: a password alone is not enough, the login form also asks for a TOTP code."""
+    """Staff admin: a password alone is not enough, the login form also asks for a TOTP code.
+
+    A staff member who signed in to the console with a second factor of allauth.mfa (their
+    authenticator app, a recovery code or a passkey) is let in too, so one authenticator entry
+    serves both doors; django-otp's device (`otp_enroll`) stays for the admin's own login form.
+    """
 
     site_header = "TokenByte staff admin"
     site_title = "TokenByte admin"
     index_title = "Platform administration"
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        if super().has_permission(request):
+            return True
+        from accounts.selectors import session_passed_mfa
+
+        user = request.user
+        return user.is_active and user.is_staff and session_passed_mfa(request=request)
 
 
 # Django 6 makes https the scheme of a URL typed without one; take it now, and silence the warning.

@@ -142,6 +142,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tokenbyte.context_processors.console",
             ],
         },
     },
@@ -187,9 +188,40 @@ LOGIN_REDIRECT_URL = "/"
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
-ACCOUNT_EMAIL_VERIFICATION = env("ACCOUNT_EMAIL_VERIFICATION", "optional")
-MFA_SUPPORTED_TYPES = ["webauthn", "recovery_codes"]
+ACCOUNT_EMAIL_VERIFICATION = env("ACCOUNT_EMAIL_VERIFICATION", "mandatory")
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
+# Off for invite-only platforms: the sign-up form (and sign-up through a social provider) refuse.
+SIGNUP_ENABLED = envbool("SIGNUP_ENABLED", "true")
+ACCOUNT_LOGIN_BY_CODE_ENABLED = envbool("ACCOUNT_LOGIN_BY_CODE_ENABLED", "false")
+# Failed sign-ins: at most LOGIN_FAILED_PER_IP a minute from one address (any account) and
+# LOGIN_FAILED_PER_ACCOUNT per LOGIN_LOCKOUT_SECONDS on one account; then allauth answers
+# "Too many failed login attempts. Try again later." A success does not wipe the counters.
+LOGIN_FAILED_PER_IP = envint("LOGIN_FAILED_PER_IP", "10")
+LOGIN_FAILED_PER_ACCOUNT = envint("LOGIN_FAILED_PER_ACCOUNT", "5")
+LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", "300")
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": (
+        f"{LOGIN_FAILED_PER_IP}/m/ip,{LOGIN_FAILED_PER_ACCOUNT}/{LOGIN_LOCKOUT_SECONDS}s/key"
+    ),
+}
+# Proxies you run in front of the console (the client address of rate limits and the audit list).
+ALLAUTH_TRUSTED_PROXY_COUNT = envint("ALLAUTH_TRUSTED_PROXY_COUNT", "0")
+MFA_ADAPTER = "accounts.adapters.MFAAdapter"
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_TOTP_ISSUER = env("OTP_TOTP_ISSUER", "TokenByte")
+# Passkeys: sign in with a passkey alone (allauth requires user verification, so it is two
+# factors). Signing up with a passkey instead of a password is optional: allauth then verifies
+# the address by a code typed in, not a link (it needs the code to finish the sign-up).
 MFA_PASSKEY_LOGIN_ENABLED = True
+MFA_PASSKEY_SIGNUP_ENABLED = envbool("MFA_PASSKEY_SIGNUP_ENABLED", "false")
+ACCOUNT_EMAIL_VERIFICATION_BY_CODE_ENABLED = MFA_PASSKEY_SIGNUP_ENABLED
+# A passkey belongs to one domain (the relying party id): empty = the host of the request
+# (localhost in development; Chromium refuses an IP address). Set it to the site's domain in
+# production: browsers offer a passkey only there and on its subdomains, and the id should not
+# follow whatever Host header reached the server.
+WEBAUTHN_RP_ID = env("WEBAUTHN_RP_ID")
+WEBAUTHN_RP_NAME = env("WEBAUTHN_RP_NAME", "TokenByte")
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
 SOCIALACCOUNT_PROVIDERS: dict = {}
 if env("GITHUB_CLIENT_ID"):
@@ -208,7 +240,8 @@ if env("OIDC_CLIENT_ID"):
                 "name": env("OIDC_NAME", "OpenID Connect"),
                 "client_id": env("OIDC_CLIENT_ID"),
                 "secret": env("OIDC_CLIENT_SECRET"),
-                "settings": {"server_url": env("OIDC_SERVER_URL")},
+                # server_url: the issuer; allauth reads its .well-known/openid-configuration.
+                "settings": {"server_url": env("OIDC_SERVER_URL"), "oauth_pkce_enabled": True},
             }
         ]
     }

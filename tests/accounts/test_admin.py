@@ -4,6 +4,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.models import ApiToken, User
+from accounts.services import audit_event_record
 from billing.services import credit_grant
 from tests.factories import (
     AlertFactory,
@@ -53,6 +54,11 @@ OUR_MODELS = [
     ("accounts.Invitation", InvitationFactory, False),
     ("accounts.TokenGroup", TokenGroupFactory, True),
     ("accounts.ApiToken", ApiTokenFactory, False),
+    (
+        "accounts.AuditEvent",
+        lambda: audit_event_record(user=UserFactory(), kind="signed_in", detail="password"),
+        False,
+    ),
     ("catalog.Provider", ProviderFactory, True),
     ("catalog.Model", ModelFactory, True),
     ("catalog.Channel", ChannelFactory, True),

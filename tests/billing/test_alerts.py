@@ -249,6 +249,51 @@ def test_alerts_are_listed_for_the_dashboard_newest_first(owner):
     assert [a.threshold_percent for a in alerts_for_user(user=owner, unread_only=True)] == [80]
 
 
+def test_an_owner_who_turned_quota_emails_off_gets_no_quota_email_but_sees_the_alert(owner):
+    owner.notify_quota_alerts = False
+    owner.save(update_fields=["notify_quota_alerts"])
+    token = key_with_quota(owner, used=800)
+
+    [alert] = quota_alerts_raise(key_id=token.pk)
+    again = send_alert_email.apply(args=[alert.pk]).get()
+
+    assert again is False
+    assert mail.outbox == []
+    alert.refresh_from_db()
+    assert alert.emailed_at is None  # nothing was sent, and nothing retries it
+    assert [a.pk for a in alerts_for_user(user=owner)] == [alert.pk]
+    token.refresh_from_db()
+    assert token.quota_alerted_percent == 80
+
+
+def test_turning_low_balance_emails_off_keeps_quota_emails_and_the_other_way_round(owner):
+    owner.notify_low_balance = False
+    owner.save(update_fields=["notify_low_balance"])
+    wallet = _wallet(owner, balance=6_000_000, threshold=5_000_000)
+    _spend(wallet, 2_000_000, 1)
+
+    low_balance = wallet_low_balance_alert_raise(wallet_id=wallet.pk)
+    [quota] = quota_alerts_raise(key_id=key_with_quota(owner, used=800).pk)
+
+    assert low_balance is not None
+    assert [m.subject for m in mail.outbox] == [f"TokenByte alert: {quota.message}"]
+    assert Alert.objects.get(pk=low_balance.pk).emailed_at is None
+
+    owner.notify_low_balance, owner.notify_quota_alerts = True, False
+    owner.save(update_fields=["notify_low_balance", "notify_quota_alerts"])
+    mail.outbox.clear()
+    credit_grant(wallet=wallet, amount_micros=10_000_000, reason="top-up")
+    _spend(wallet, 10_000_000, 2)
+    second_low = wallet_low_balance_alert_raise(wallet_id=wallet.pk)
+    set_used(quota.api_token, 1000)
+    [full] = quota_alerts_raise(key_id=quota.api_token_id)
+
+    assert (second_low is not None, full.threshold_percent) == (True, 100)
+    assert [m.subject for m in mail.outbox] == [
+        "TokenByte alert: Your balance is $4.00, below your alert threshold of $5.00."
+    ]
+
+
 # --- a real SMTP server -------------------------------------------------------------------------
 
 

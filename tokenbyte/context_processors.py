@@ -1,0 +1,50 @@
+from functools import cached_property
+
+from django.http import HttpRequest
+from django.urls import reverse
+
+from billing.selectors import wallet_balance_micros_for_user
+from tokenbyte.money import format_usd
+
+# The top navigation of product document 000, in its order: (label, URL name or path).
+NAV = [
+    ("Dashboard", "dashboard"),
+    ("Tokens", "tokens"),
+    ("Models", "models"),
+    ("Logs", "logs"),
+    ("Tasks", "tasks"),
+    ("Wallet", "wallet"),
+    ("Profile", "/profile/"),
+]
+
+
+class ConsoleHeader:
+    """The header's navigation and balance, computed when a template first reads them.
+
+    Lazy so that pages without the console header (the admin, JSON errors) cost no query.
+    """
+
+    def __init__(self, request: HttpRequest):
+        self.request = request
+
+    @cached_property
+    def nav(self) -> list[dict]:
+        items = []
+        for label, target in NAV:
+            href = target if target.startswith("/") else reverse(target)
+            current = self.request.path.startswith(href)
+            # allauth's account pages (email, password, passkeys) belong under Profile.
+            if href == "/profile/" and self.request.path.startswith("/accounts/"):
+                current = True
+            items.append({"label": label, "href": href, "current": current})
+        return items
+
+    @cached_property
+    def balance(self) -> str:
+        return format_usd(wallet_balance_micros_for_user(user=self.request.user))
+
+
+def console(request: HttpRequest) -> dict:
+    if not request.user.is_authenticated:
+        return {}
+    return {"console": ConsoleHeader(request)}
