@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The browser tests' OpenID Connect provider (Flask/Authlib) lives apart from the project's resolver.
+OIDC_VENV := .venv-oidc
+SCREENSHOTS := .tmp/screenshots
 HOST ?= 127.0.0.1
 PORT ?= 8000
 MOCK_PORT ?= 8001
@@ -18,6 +21,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed-base requirements/dev.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
 
+$(OIDC_VENV)/.installed: requirements/oidc-mock.txt
+	test -x $(OIDC_VENV)/bin/python || $(PYTHON) -m venv $(OIDC_VENV)
+	$(OIDC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OIDC_VENV)/bin/python -m pip install --quiet -r requirements/oidc-mock.txt
+	touch $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed-dev requirements/bench.txt
 	$(PY) -m pip install --quiet -r requirements/bench.txt
 	touch $@
@@ -26,7 +35,8 @@ os-packages-bench:
 	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server wrk:wrk
 
 os-packages-test:
-	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server
+	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server chromium:chromium \
+		fonts-liberation:/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf
 
 # The demo channel points at the bundled mock upstream, started here beside the server.
 run: $(VENV)/.installed-base
@@ -37,8 +47,10 @@ run: $(VENV)/.installed-base
 	trap 'kill $$mock 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) tokenbyte.asgi:application
 
-test: os-packages-test $(VENV)/.installed-dev
-	$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
+test: os-packages-test $(VENV)/.installed-dev $(OIDC_VENV)/.installed
+	@$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ -d $(SCREENSHOTS) ]; then echo "Browser screenshots: $(CURDIR)/$(SCREENSHOTS)/"; fi; \
+	exit $$status
 
 # make bench [QUICK=1] [PEER=litellm] [SERVERS=1]: writes bench/results/latest.{json,md,png}
 bench: os-packages-bench $(VENV)/.installed-bench

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install the Debian packages named as PACKAGE:COMMAND when COMMAND is missing.
 # PostgreSQL's binaries live outside PATH on Debian, so its check also looks there.
+# A COMMAND starting with / is a file the package installs (for packages without a command).
 set -euo pipefail
 missing=()
 for pair in "$@"; do
   package=${pair%%:*}
   command=${pair#*:}
-  if command -v "$command" >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/$command" >/dev/null; then
+  if [[ $command == /* ]]; then
+    [ -e "$command" ] && continue
+  elif command -v "$command" >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/$command" >/dev/null; then
     continue
   fi
   missing+=("$package")
