@@ -297,17 +297,17 @@ def _delta(actual: int, held: int) -> int | None:
 
 def _log_write(charge: CallCharge) -> bool:
     """The call's log row, first: False when the request has one already (a replay). The one
-    row it replaces is the sweep's placeholder for a call whose process looked dead."""
+    row it replaces is the row the sweep wrote for a call whose process looked dead."""
     fields = {**charge.log, "cost_micros": charge.charge_micros}
     try:
         with transaction.atomic():
             request_log_create(**fields)
         return True
     except IntegrityError:
-        placeholder = RequestLog.objects.filter(
+        lost_row = RequestLog.objects.filter(
             request_id=charge.request_id, error_code=PROCESS_LOST
         )
-        return bool(placeholder.update(**fields))
+        return bool(lost_row.update(**fields))
 
 
 def call_settle_orm(charge: CallCharge) -> Settlement:

@@ -74,3 +74,25 @@ def staff_client(client, staff_user):
     assert response.status_code == 302, response.content.decode()
     assert response["Location"] == "/admin/"
     return client
+
+
+# The personas of the console's permission tests (STYLE: owner / member / outsider).
+@pytest.fixture
+def owner():
+    from tests.factories import UserFactory
+
+    return UserFactory(email="owner@example.com")
+
+
+@pytest.fixture
+def outsider():
+    from tests.factories import UserFactory
+
+    return UserFactory(email="outsider@example.com")
+
+
+@pytest.fixture
+def owner_client(client, owner):
+    """The Django test client, signed in as the owner."""
+    client.force_login(owner)
+    return client

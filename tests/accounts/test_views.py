@@ -3,25 +3,9 @@ from datetime import UTC, datetime
 import pytest
 
 from accounts.models import ApiToken
-from tests.factories import ApiTokenFactory, TokenGroupFactory, UserFactory
+from tests.factories import ApiTokenFactory, TokenGroupFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def owner():
-    return UserFactory(email="owner@example.com")
-
-
-@pytest.fixture
-def outsider():
-    return UserFactory(email="outsider@example.com")
-
-
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
 
 
 def test_the_tokens_page_lists_the_owners_keys_and_not_an_outsiders(owner_client, owner, outsider):

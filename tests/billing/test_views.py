@@ -4,25 +4,9 @@ import pytest
 
 from billing.models import TopUp
 from billing.services import credit_grant, wallet_get_or_create
-from tests.factories import TopUpFactory, UserFactory
+from tests.factories import TopUpFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def owner():
-    return UserFactory(email="owner@example.com")
-
-
-@pytest.fixture
-def outsider():
-    return UserFactory(email="outsider@example.com")
-
-
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
 
 
 def test_the_wallet_shows_balance_held_and_available(owner_client, owner):

@@ -1,20 +1,9 @@
 import pytest
 
 from tasks.models import AsyncTask
-from tests.factories import ApiTokenFactory, AsyncTaskFactory, UserFactory
+from tests.factories import ApiTokenFactory, AsyncTaskFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def owner():
-    return UserFactory(email="owner@example.com")
-
-
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
 
 
 def test_the_tasks_page_lists_the_owners_jobs_and_not_an_outsiders(owner_client, owner):

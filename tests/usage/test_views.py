@@ -9,22 +9,6 @@ from usage.selectors import month_start_for_user
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def owner():
-    return UserFactory(email="owner@example.com")
-
-
-@pytest.fixture
-def outsider():
-    return UserFactory(email="outsider@example.com")
-
-
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
-
-
 @pytest.mark.parametrize("url", ["/dashboard/", "/logs/", "/logs/req-anything/"])
 def test_it_sends_an_anonymous_visitor_to_the_login_page(client, url):
     response = client.get(url)
