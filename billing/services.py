@@ -304,9 +304,7 @@ def _log_write(charge: CallCharge) -> bool:
             request_log_create(**fields)
         return True
     except IntegrityError:
-        lost_row = RequestLog.objects.filter(
-            request_id=charge.request_id, error_code=PROCESS_LOST
-        )
+        lost_row = RequestLog.objects.filter(request_id=charge.request_id, error_code=PROCESS_LOST)
         return bool(lost_row.update(**fields))
 
 
