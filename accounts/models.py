@@ -235,6 +235,9 @@ class ApiToken(LimitsMixin):
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # A short-lived key the console's playground makes for the browser; not listed with the
+    # user's keys, billed and logged like any other.
+    is_playground = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -267,6 +270,8 @@ class AuditEvent(models.Model):
         SIGNED_OUT = "signed_out", "Signed out"
         KEY_CREATED = "key_created", "API key created"
         KEY_REVOKED = "key_revoked", "API key revoked"
+        ACCESS_TOKEN_CREATED = "access_token_created", "API access token created"
+        ACCESS_TOKEN_REVOKED = "access_token_revoked", "API access token revoked"
         PASSKEY_ADDED = "passkey_added", "Passkey added"
         PASSKEY_REMOVED = "passkey_removed", "Passkey removed"
         TOTP_ENABLED = "totp_enabled", "Authenticator app enabled"
@@ -291,3 +296,30 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class PersonalAccessToken(models.Model):
+    """A token for scripts calling the console's JSON API (/api/) as the user.
+
+    Not a relay key: it cannot call /v1. Shown once; only its SHA-256 digest and a display prefix
+    are kept.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="access_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def is_usable(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

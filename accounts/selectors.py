@@ -1,7 +1,7 @@
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from accounts.models import ApiToken, AuditEvent, TokenGroup, User
+from accounts.models import ApiToken, AuditEvent, PersonalAccessToken, TokenGroup, User
 
 
 def api_tokens_for_user(*, user: User) -> QuerySet[ApiToken]:
@@ -40,3 +40,8 @@ def session_passed_mfa(*, request: HttpRequest) -> bool:
         return False
     records = get_authentication_records(request, user)
     return any(record.get("method") == "mfa" for record in records)
+
+
+def access_tokens_for_user(*, user: User) -> QuerySet[PersonalAccessToken]:
+    """The user's personal access tokens for /api/, newest first."""
+    return PersonalAccessToken.objects.filter(user=user).order_by("-created_at", "-id")

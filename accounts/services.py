@@ -16,6 +16,7 @@ from accounts.models import (
     AuditEvent,
     LimitsMixin,
     Organization,
+    PersonalAccessToken,
     QuotaReset,
     TokenGroup,
     User,
@@ -413,3 +414,74 @@ def audit_event_record(
         user_agent=user_agent,
         detail=detail[:AUDIT_TEXT_LENGTH],
     )
+
+
+# --- personal access tokens (the JSON API) --------------------------------------------------------
+
+ACCESS_TOKEN_PREFIX = "tbp_"
+ACCESS_TOKEN_DISPLAY_LENGTH = len(ACCESS_TOKEN_PREFIX) + 8
+# last_used_at is written at most this often per token, so a busy script does not write per call.
+ACCESS_TOKEN_TOUCH_SECONDS = 60
+
+
+def access_token_create(
+    *, user: User, name: str, expires_at: datetime | None = None
+) -> tuple[PersonalAccessToken, str]:
+    """Create a personal access token for /api/; returns it with the plaintext, shown once."""
+    name = name.strip()
+    if not name:
+        raise ApplicationError("a token needs a name", extra={"param": "name"})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("the expiry must be in the future", extra={"param": "expires_at"})
+    secret = ACCESS_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        token = PersonalAccessToken.objects.create(
+            user=user,
+            name=name[:100],
+            prefix=secret[:ACCESS_TOKEN_DISPLAY_LENGTH],
+            digest=api_key_digest(secret),
+            expires_at=expires_at,
+        )
+        audit_event_record(
+            user=user,
+            kind=AuditEvent.Kind.ACCESS_TOKEN_CREATED,
+            detail=f"{token.name} ({token.prefix}…)",
+        )
+    return token, secret
+
+
+def access_token_revoke(*, token: PersonalAccessToken) -> bool:
+    """Revoke a personal access token for good. Returns whether anything changed."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = PersonalAccessToken.objects.filter(pk=token.pk, revoked_at=None).update(
+            revoked_at=now
+        )
+        if changed:
+            token.revoked_at = now
+            audit_event_record(
+                user_id=token.user_id,
+                kind=AuditEvent.Kind.ACCESS_TOKEN_REVOKED,
+                detail=f"{token.name} ({token.prefix}…)",
+            )
+    return bool(changed)
+
+
+def access_token_authenticate(*, secret: str) -> PersonalAccessToken | None:
+    """The usable token with this plaintext (its user loaded), or None."""
+    if not secret.startswith(ACCESS_TOKEN_PREFIX):
+        return None
+    token = (
+        PersonalAccessToken.objects.select_related("user")
+        .filter(digest=api_key_digest(secret))
+        .first()
+    )
+    if token is None or not token.is_usable() or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > (
+        ACCESS_TOKEN_TOUCH_SECONDS
+    ):
+        PersonalAccessToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token

@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_otp",
     "django_otp.plugins.otp_totp",
@@ -250,12 +251,31 @@ OTP_TOTP_ISSUER = env("OTP_TOTP_ISSUER", "TokenByte")
 # Staff must not read each other's TOTP secrets in the admin.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
+# /api/: the console's JSON API, for the browser (session) and scripts (personal access tokens).
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.AccessTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "tokenbyte.api.Pagination",
+    "EXCEPTION_HANDLER": "tokenbyte.api.api_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
-SPECTACULAR_SETTINGS = {"TITLE": "TokenByte API", "VERSION": "1.0.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "TokenByte API",
+    "DESCRIPTION": "What the console reads and writes. Authenticate with a personal access token "
+    "(Authorization: Bearer tbp_…, made in Profile) or a signed-in session.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The docs page works offline: Swagger UI is served from drf-spectacular-sidecar's files.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

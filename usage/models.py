@@ -72,3 +72,53 @@ class RequestLog(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class UsageRollup(models.Model):
+    """The user's calls summed per UTC hour, key, group, model and call type.
+
+    Written in the same transaction as each call's log row (billing's settlement), so it is never
+    behind the logs, and kept after the logs' retention removes them. Days, weeks and months in the
+    user's time zone are sums of these hours. Key, group and organization are plain ids (0 = none),
+    not foreign keys: the usage of a deleted key still counts, and the row's identity never changes.
+    """
+
+    hour = models.DateTimeField(help_text="Start of the UTC hour")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    organization_id = models.BigIntegerField(default=0)
+    key_id = models.BigIntegerField(default=0)
+    group_id = models.BigIntegerField(default=0)
+    model_id = models.CharField("model", max_length=100)
+    call_type = models.CharField(max_length=24)
+    requests = models.BigIntegerField(default=0)
+    # Calls answered with a status of 400 or more.
+    errors = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    # micro-USD
+    cost_micros = models.BigIntegerField(default=0)
+    # Sum of the calls' durations, ms (the average is duration_ms / requests).
+    duration_ms = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "user",
+                    "hour",
+                    "organization_id",
+                    "key_id",
+                    "group_id",
+                    "model_id",
+                    "call_type",
+                ],
+                name="usage_rollup_bucket_unique",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["organization_id", "hour"], name="usage_rollup_org_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.hour:%Y-%m-%d %H}h {self.model_id} ×{self.requests}"

@@ -7,3 +7,6 @@ urlpatterns = [
     path("logs/", views.log_list, name="logs"),
     path("logs/<str:request_id>/", views.log_detail, name="log_detail"),
 ]
+
+# /api/ routes of this app (added as its API views arrive).
+api_urlpatterns: list = []
