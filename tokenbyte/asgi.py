@@ -11,6 +11,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenbyte.settings")
 
 django_asgi_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+if settings.DEBUG:
+    # The embedded default serves the console's CSS, JS and vendored files itself; production
+    # runs `collectstatic` and lets the proxy in front serve STATIC_ROOT (see the README).
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
+
 # Imported after setup: they need the app registry.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

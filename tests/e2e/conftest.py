@@ -154,3 +154,40 @@ def verified_user(transactional_db):
     user = UserFactory(email="owner@example.com")
     EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
     return user
+
+
+# The whole site as `make run` serves it (console, relay at /v1 and websockets in one ASGI
+# process), for pages that call the relay or listen on a websocket: Django's live server speaks
+# neither. Rows made with `transactional_db` are committed, so the process sees them.
+from tests.relay.conftest import RelayServer, relay_role  # noqa: E402, F401
+
+
+class SiteServer:
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        # localhost, not 127.0.0.1: the same secure-context rule as the live server.
+        self.url = f"http://localhost:{server.port}"
+        self.relay_url = f"{self.url}/v1"
+
+
+@pytest.fixture(scope="package")
+def asgi_server(relay_role, tmp_path_factory) -> Iterator[SiteServer]:  # noqa: F811
+    server = RelayServer(
+        tmp_path_factory.mktemp("asgi-site") / "site.log",
+        DEBUG="true",
+        RELAY_CATALOG_CACHE_SECONDS="0",
+        ALLOWED_HOSTS="localhost,127.0.0.1",
+    ).start()
+    yield SiteServer(server)
+    server.stop()
+
+
+@pytest.fixture
+def asgi_page(browser, asgi_server, transactional_db):
+    """A fresh browser context and page on the ASGI site (see `asgi_server`)."""
+    context = browser.new_context(viewport=DESKTOP, base_url=asgi_server.url, color_scheme="light")
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    context.set_default_navigation_timeout(ACTION_TIMEOUT_MS)
+    page = context.new_page()
+    yield page
+    context.close()
