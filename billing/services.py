@@ -35,7 +35,7 @@ from billing.models import Alert, Hold, LedgerEntry, Wallet
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import format_usd
 from usage.models import RequestLog
-from usage.services import request_log_create
+from usage.services import request_log_create, usage_rollup_add
 
 logger = logging.getLogger(__name__)
 
@@ -295,35 +295,46 @@ def _delta(actual: int, held: int) -> int | None:
     return actual - held if held else None
 
 
-def _log_write(charge: CallCharge) -> bool:
+def _log_write(charge: CallCharge) -> bool | RequestLog:
     """The call's log row, first: False when the request has one already (a replay). The one
-    row it replaces is the row the sweep wrote for a call whose process looked dead."""
+    row it replaces is the row the sweep wrote for a call whose process looked dead; then the
+    row as it was is returned."""
     fields = {**charge.log, "cost_micros": charge.charge_micros}
     try:
         with transaction.atomic():
             request_log_create(**fields)
         return True
     except IntegrityError:
-        lost_row = RequestLog.objects.filter(request_id=charge.request_id, error_code=PROCESS_LOST)
-        return bool(lost_row.update(**fields))
+        lost_row = (
+            RequestLog.objects.select_for_update()
+            .filter(request_id=charge.request_id, error_code=PROCESS_LOST)
+            .first()
+        )
+        if lost_row is None:
+            return False
+        RequestLog.objects.filter(pk=lost_row.pk).update(**fields)
+        # Its count leaves the rollups at the end, with the wallet's lock held (see there).
+        return lost_row
 
 
 def call_settle_orm(charge: CallCharge) -> Settlement:
     """Close the hold, debit the cost, count the tokens and write the log row in one
     transaction: the ORM twin of billing_settle. Idempotent on the request id."""
     with transaction.atomic():
-        if not _log_write(charge):
+        written = _log_write(charge)
+        if not written:
             cost = RequestLog.objects.values_list("cost_micros", flat=True).get(
                 request_id=charge.request_id
             )
             return Settlement(charged_micros=cost, replayed=True)
-        if not charge.held:
-            if charge.touch_last_used:
-                ApiToken.objects.filter(pk=charge.key_id).update(last_used_at=charge.now)
-            return Settlement(charged_micros=0)
-        settlement = hold_settle(charge)
+        settlement = hold_settle(charge) if charge.held else Settlement(charged_micros=0)
         if charge.touch_last_used:
             ApiToken.objects.filter(pk=charge.key_id).update(last_used_at=charge.now)
+        # Rollups last: their rows are locked after the wallet's, in every path, so two
+        # settlements cannot wait on each other.
+        if isinstance(written, RequestLog):
+            usage_rollup_add(log=written, cost_micros=written.cost_micros, sign=-1)
+        usage_rollup_add(log=charge.log, cost_micros=settlement.charged_micros)
     return settlement
 
 
@@ -484,7 +495,7 @@ def _process_lost_log(hold: Hold, now: datetime) -> None:
     owner_id = hold.key.owner_id if hold.key is not None else hold.wallet.user_id
     if owner_id is None or RequestLog.objects.filter(request_id=hold.request_id).exists():
         return
-    RequestLog.objects.create(
+    log = RequestLog.objects.create(
         request_id=hold.request_id,
         created_at=hold.created_at,
         user_id=owner_id,
@@ -503,6 +514,7 @@ def _process_lost_log(hold: Hold, now: datetime) -> None:
             "the hold was released and nothing was charged."
         ),
     )
+    usage_rollup_add(log=log, cost_micros=0)
 
 
 # --- quota resets: the used counters that holds and settlements move ---------------------------

@@ -1,6 +1,113 @@
-from usage.models import RequestLog
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce, TruncHour
+
+from usage.models import RequestLog, UsageRollup
 
 
 def request_log_create(**fields) -> RequestLog:
     """Write one call's log row. The relay calls it inside the settlement transaction."""
     return RequestLog.objects.create(**fields)
+
+
+def _hour(moment: datetime | str) -> datetime:
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def usage_rollup_add(*, log: Mapping | RequestLog, cost_micros: int, sign: int = 1) -> None:
+    """Count one call (sign=-1: take one back) in its hour's rollup row.
+
+    Runs in the settlement's transaction, after the wallet's row is locked, like billing_rollup
+    in billing/sql/settlement_v2.sql (the SQL backend's twin). `log` is the row or its columns
+    by attname.
+    """
+    if isinstance(log, RequestLog):
+        log = {f.attname: getattr(log, f.attname) for f in RequestLog._meta.concrete_fields}
+    bucket = {
+        "hour": _hour(log["created_at"]),
+        "user_id": log["user_id"],
+        "organization_id": log.get("organization_id") or 0,
+        "key_id": log.get("api_token_id") or 0,
+        "group_id": log.get("group_id") or 0,
+        "model_id": log["model_id"],
+        "call_type": log["call_type"],
+    }
+    counts = {
+        "requests": sign,
+        "errors": sign if log["status_code"] >= 400 else 0,
+        "prompt_tokens": sign * (log.get("prompt_tokens") or 0),
+        "completion_tokens": sign * (log.get("completion_tokens") or 0),
+        "cached_tokens": sign * (log.get("cached_tokens") or 0),
+        "cost_micros": sign * cost_micros,
+        "duration_ms": sign * (log.get("duration_ms") or 0),
+    }
+    increments = {name: F(name) + value for name, value in counts.items()}
+    if UsageRollup.objects.filter(**bucket).update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            UsageRollup.objects.create(**bucket, **counts)
+    except IntegrityError:
+        # Another settlement created the row first; it exists now.
+        UsageRollup.objects.filter(**bucket).update(**increments)
+
+
+def usage_rollups_rebuild(*, since: datetime | None = None, batch: int = 5000) -> int:
+    """Recount the rollups from the request logs (from `since`'s hour on, or all of them).
+
+    For a database whose logs predate the rollups, or after loading logs in bulk; the hours
+    recounted must still have all their logs (retention removes logs, never rollups). Returns
+    the number of rollup rows written.
+    """
+    logs = RequestLog.objects.all()
+    rollups = UsageRollup.objects.all()
+    if since is not None:
+        since = _hour(since)
+        logs = logs.filter(created_at__gte=since)
+        rollups = rollups.filter(hour__gte=since)
+    rows = (
+        logs.annotate(
+            bucket=TruncHour("created_at", tzinfo=UTC),
+            org=Coalesce("organization_id", 0),
+            key=Coalesce("api_token_id", 0),
+            grp=Coalesce("group_id", 0),
+        )
+        .values("bucket", "user_id", "org", "key", "grp", "model_id", "call_type")
+        .annotate(
+            n=Count("id"),
+            n_errors=Count("id", filter=Q(status_code__gte=400)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cached=Sum("cached_tokens"),
+            cost=Sum("cost_micros"),
+            duration=Sum("duration_ms"),
+        )
+        .order_by()
+    )
+    written = 0
+    with transaction.atomic():
+        rollups.delete()
+        pending: list[UsageRollup] = []
+        for row in rows.iterator(chunk_size=batch):
+            pending.append(
+                UsageRollup(
+                    hour=row["bucket"], user_id=row["user_id"], organization_id=row["org"],
+                    key_id=row["key"], group_id=row["grp"], model_id=row["model_id"],
+                    call_type=row["call_type"], requests=row["n"], errors=row["n_errors"],
+                    prompt_tokens=row["prompt"], completion_tokens=row["completion"],
+                    cached_tokens=row["cached"], cost_micros=row["cost"],
+                    duration_ms=row["duration"],
+                )
+            )  # fmt: skip
+            if len(pending) >= batch:
+                UsageRollup.objects.bulk_create(pending)
+                written += len(pending)
+                pending = []
+        UsageRollup.objects.bulk_create(pending)
+        written += len(pending)
+    return written
