@@ -18,6 +18,9 @@ PERIODIC_JOBS = (
         "billing.services:holds_release_expired"),
     Job("probe-disabled-channels", 60.0, "tasks.tasks.probe_disabled_channels",
         "catalog.services:channels_probe_disabled"),
+    # Request logs past their owner's window (usage/services.py request_logs_expire).
+    Job("expire-request-logs", 3600.0, "tasks.tasks.expire_request_logs",
+        "usage.services:request_logs_expire"),
     # Quotas reset within a minute of their boundary; a double-fired beat resets once.
     Job("reset-due-quotas", 60.0, "tasks.tasks.reset_due_quotas",
         "billing.services:quotas_reset_due"),

@@ -3,6 +3,7 @@
 from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
 from catalog.services import channels_probe_disabled
 from tokenbyte.celery import app
+from usage.services import request_logs_expire
 
 
 @app.task(time_limit=120, soft_time_limit=100)
@@ -13,6 +14,12 @@ def release_expired_holds() -> int:
 @app.task(time_limit=300, soft_time_limit=280)
 def probe_disabled_channels() -> list[str]:
     return channels_probe_disabled()
+
+
+@app.task(time_limit=900, soft_time_limit=880)
+def expire_request_logs() -> int:
+    """Hourly: delete request logs older than their owner's retention window."""
+    return request_logs_expire()
 
 
 @app.task(time_limit=120, soft_time_limit=100)

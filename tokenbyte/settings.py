@@ -405,3 +405,9 @@ if not DEBUG:
 CELERY_BEAT_SCHEDULE = {
     job.name: {"task": job.task, "schedule": job.seconds} for job in PERIODIC_JOBS
 }
+
+# Request logs are kept this many days (a user's own window, set by staff, may differ); users who
+# turned on extended archiving in Profile keep theirs LOG_ARCHIVE_DAYS, in the same table (so
+# Logs, the API and CSV export still show them). Usage statistics come from rollups, kept for good.
+LOG_RETENTION_DAYS = envint("LOG_RETENTION_DAYS", "30")
+LOG_ARCHIVE_DAYS = envint("LOG_ARCHIVE_DAYS", "365")

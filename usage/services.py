@@ -1,10 +1,13 @@
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce, TruncHour
+from django.utils import timezone
 
+from accounts.models import User
 from usage.models import RequestLog, UsageRollup
 
 
@@ -111,3 +114,50 @@ def usage_rollups_rebuild(*, since: datetime | None = None, batch: int = 5000) -
         UsageRollup.objects.bulk_create(pending)
         written += len(pending)
     return written
+
+
+def log_retention_days_for(*, retention_days: int, extended_archive: bool) -> int:
+    """How many days a user's request logs are kept: their window, or the archive's when the
+    user turned extended archiving on (Profile), whichever is longer."""
+    if extended_archive:
+        return max(retention_days, settings.LOG_ARCHIVE_DAYS)
+    return retention_days
+
+
+def request_logs_expire(
+    *, now: datetime | None = None, batch: int = 5000, max_batches: int = 200
+) -> int:
+    """Delete request logs older than their owner's window; returns how many went.
+
+    Usage statistics are unaffected: they are read from the rollups, which are never deleted.
+    Deletes run in batches (short transactions, each found through the created_at index), at
+    most `max_batches` a run; the next run goes on where this one stopped.
+    """
+    now = now or timezone.now()
+    default_days = settings.LOG_RETENTION_DAYS
+    # Users whose window is not the default are few; everybody else shares one cutoff.
+    windows: dict[int, list[int]] = {}
+    users = User.objects.filter(
+        Q(extended_log_archive=True) | ~Q(log_retention_days=default_days)
+    ).values_list("pk", "log_retention_days", "extended_log_archive")
+    for pk, days, archive in users:
+        days = log_retention_days_for(retention_days=days, extended_archive=archive)
+        windows.setdefault(days, []).append(pk)
+    exceptions = [pk for pks in windows.values() for pk in pks]
+    scopes = [(default_days, ~Q(user_id__in=exceptions) if exceptions else Q())]
+    scopes += [(days, Q(user_id__in=pks)) for days, pks in windows.items()]
+    deleted = 0
+    batches = 0
+    for days, scope in scopes:
+        cutoff = now - timedelta(days=days)
+        while batches < max_batches:
+            ids = list(
+                RequestLog.objects.filter(scope, created_at__lt=cutoff).values_list(
+                    "pk", flat=True
+                )[:batch]
+            )
+            if not ids:
+                break
+            deleted += RequestLog.objects.filter(pk__in=ids).delete()[0]
+            batches += 1
+    return deleted
