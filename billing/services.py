@@ -33,7 +33,7 @@ from billing.holds import (
 from billing.locks import wallets_lock
 from billing.models import Alert, Hold, LedgerEntry, Wallet
 from tokenbyte.errors import ApplicationError
-from tokenbyte.money import format_usd
+from tokenbyte.money import format_usd, usd_to_micros
 from usage.models import RequestLog
 from usage.services import request_log_create, usage_rollup_add
 
@@ -136,6 +136,22 @@ def credit_grant(
         idempotency_key=idempotency_key or f"grant:{uuid.uuid4().hex}",
         description=reason,
         created_by=created_by,
+    )
+    return entry
+
+
+def signup_credit_grant(*, user: User) -> LedgerEntry | None:
+    """The credit a new account starts with (SIGNUP_CREDIT_USD), granted once per user whatever
+    the sign-up path: the ledger's idempotency key is the user's."""
+    amount = usd_to_micros(settings.SIGNUP_CREDIT_USD)
+    if amount <= 0:
+        return None
+    entry, _ = ledger_post(
+        wallet=wallet_get_or_create(user=user),
+        kind=LedgerEntry.Kind.GRANT,
+        amount_micros=amount,
+        idempotency_key=f"signup:{user.pk}",
+        description="Welcome credit",
     )
     return entry
 

@@ -192,8 +192,12 @@ ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = env("ACCOUNT_EMAIL_VERIFICATION", "mandatory")
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "accounts.adapters.SocialAccountAdapter"
 # Off for invite-only platforms: the sign-up form (and sign-up through a social provider) refuse.
 SIGNUP_ENABLED = envbool("SIGNUP_ENABLED", "true")
+# Credit a new account starts with, USD (one ledger grant, once per user), so a new user can try
+# the relay before topping up: $1 in the embedded default, none in production unless set.
+SIGNUP_CREDIT_USD = env("SIGNUP_CREDIT_USD", "1" if DEBUG else "0")
 ACCOUNT_LOGIN_BY_CODE_ENABLED = envbool("ACCOUNT_LOGIN_BY_CODE_ENABLED", "false")
 # Failed sign-ins: at most LOGIN_FAILED_PER_IP a minute from one address (any account) and
 # LOGIN_FAILED_PER_ACCOUNT per LOGIN_LOCKOUT_SECONDS on one account; then allauth answers
