@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MOCK_PORT ?= 8001
 
-.PHONY: run test bench lint format os-packages-test os-packages-bench
+.PHONY: run test bench bench-logs lint format os-packages-test os-packages-bench
 
 $(VENV)/.installed-base: requirements/base.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,10 +52,17 @@ test: os-packages-test $(VENV)/.installed-dev $(OIDC_VENV)/.installed
 	if [ -d $(SCREENSHOTS) ]; then echo "Browser screenshots: $(CURDIR)/$(SCREENSHOTS)/"; fi; \
 	exit $$status
 
-# make bench [QUICK=1] [PEER=litellm] [SERVERS=1]: writes bench/results/latest.{json,md,png}
+# make bench [QUICK=1] [PEER=litellm] [SERVERS=1]: writes bench/results/latest.{json,md,png},
+# then the logs at scale (10 million rows, 1 million with QUICK): bench/results/logs-latest.*
+LOG_ROWS ?= $(if $(QUICK),1000000,10000000)
 bench: os-packages-bench $(VENV)/.installed-bench
 	$(PY) bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) \
 		$(if $(SERVERS),--compare-servers)
+	$(PY) bench/logs_scale.py --rows $(LOG_ROWS)
+
+# Only the logs at scale: make bench-logs [LOG_ROWS=N]
+bench-logs: os-packages-bench $(VENV)/.installed-bench
+	$(PY) bench/logs_scale.py --rows $(LOG_ROWS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -14,17 +14,24 @@ class RequestLog(models.Model):
 
     request_id = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="request_logs")
+    # The foreign keys' own single-column indexes would repeat the composite ones below (each
+    # leads with its column) and cost every settlement's insert a write each.
+    user = models.ForeignKey(
+        User, on_delete=models.CASCADE, related_name="request_logs", db_index=False
+    )
     organization = models.ForeignKey(
-        Organization, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
+        Organization, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        db_index=False,
+    )  # fmt: skip
     api_token = models.ForeignKey(
-        ApiToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="request_logs"
-    )
+        ApiToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="request_logs",
+        db_index=False,
+    )  # fmt: skip
     token_name = models.CharField(max_length=100, blank=True)
     group = models.ForeignKey(
-        TokenGroup, on_delete=models.SET_NULL, null=True, blank=True, related_name="request_logs"
-    )
+        TokenGroup, on_delete=models.SET_NULL, null=True, blank=True, related_name="request_logs",
+        db_index=False,
+    )  # fmt: skip
     group_name = models.CharField(max_length=100, blank=True)
     model_id = models.CharField("model", max_length=100)
     upstream_model = models.CharField(max_length=100, blank=True)
@@ -55,14 +62,31 @@ class RequestLog(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Every list of a user's logs is (created_at DESC, id DESC) after at most one equality:
+        # each filter has an index whose last columns are that order, so a page (first or next,
+        # by keyset) reads its rows straight off the index. bench/results/logs-latest.md has the
+        # plans at 10 million rows.
         indexes = [
-            models.Index(fields=["user", "-created_at"], name="log_user_created"),
-            models.Index(fields=["api_token", "-created_at"], name="log_token_created"),
-            models.Index(fields=["group", "-created_at"], name="log_group_created"),
-            models.Index(fields=["user", "model_id", "-created_at"], name="log_user_model_created"),
-            models.Index(fields=["user", "call_type", "-created_at"], name="log_user_type_created"),
-            models.Index(fields=["user", "status_code", "-created_at"], name="log_user_status"),
+            models.Index(fields=["user", "-created_at", "-id"], name="log_user_created"),
+            models.Index(fields=["api_token", "-created_at", "-id"], name="log_token_created"),
+            models.Index(fields=["group", "-created_at", "-id"], name="log_group_created"),
+            models.Index(
+                fields=["user", "model_id", "-created_at", "-id"], name="log_user_model_created"
+            ),
+            models.Index(
+                fields=["user", "call_type", "-created_at", "-id"], name="log_user_type_created"
+            ),
+            models.Index(
+                fields=["user", "status_code", "-created_at", "-id"], name="log_user_status"
+            ),
+            # "Errors only": few rows among many successes.
+            models.Index(
+                fields=["user", "-created_at", "-id"],
+                condition=models.Q(status_code__gte=400),
+                name="log_user_errors",
+            ),
             models.Index(fields=["organization", "-created_at"], name="log_org_created"),
+            # Retention deletes by age across users.
             models.Index(fields=["created_at"], name="log_created"),
         ]
 
