@@ -746,6 +746,18 @@ def wallet_low_balance_alert_raise(*, wallet_id: int, now: datetime | None = Non
     return alert
 
 
+def alert_mark_read(*, alert: Alert, now: datetime | None = None) -> bool:
+    """Mark one alert read (the owner saw it). Returns whether it changed; marking it again
+    keeps the first read time."""
+    now = now or timezone.now()
+    changed = Alert.objects.filter(pk=alert.pk, read_at__isnull=True).update(read_at=now)
+    if changed:
+        alert.read_at = now
+    else:
+        alert.refresh_from_db(fields=["read_at"])
+    return bool(changed)
+
+
 SEND_ALERT_EMAIL = "tasks.tasks.send_alert_email"
 
 

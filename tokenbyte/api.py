@@ -9,12 +9,18 @@ field to its messages and is empty when the error is not about one field.
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import Http404
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers, status
-from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.pagination import BasePagination, LimitOffsetPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 
 from tokenbyte.errors import ApplicationError
+from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
+from tokenbyte.money import micros_to_usd
 
 # The `type` of each status, so a client can branch without parsing messages.
 _ERROR_TYPES = {
@@ -102,7 +108,41 @@ class ErrorSerializer(serializers.Serializer):
         message = serializers.CharField()
         fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
 
+        class Meta:
+            ref_name = "ErrorBody"
+
     error = Body()
+
+
+def schema_document_authentication_errors(result: dict, **_context: Any) -> dict:
+    """A drf-spectacular POSTPROCESSING_HOOK: every operation that needs a token or a session
+    documents its 401 in the one error shape, so no view has to repeat it."""
+    if "Error" not in result.get("components", {}).get("schemas", {}):
+        return result
+    answer = {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "description": "No credentials, or an access token that is unknown, revoked or expired.",
+    }
+    for item in result.get("paths", {}).values():
+        for operation in item.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            # An empty requirement ({}) means the operation is open to anonymous callers.
+            if security and {} not in security:
+                operation["responses"].setdefault("401", answer)
+    return result
+
+
+@extend_schema_field({"type": "string", "pattern": r"^-?\d+\.\d{6}$", "example": "12.500000"})
+class UsdField(serializers.Field):
+    """A micro-USD amount as an exact USD string with six places, beside the `_micros` integer:
+    `UsdField(source="balance_micros")` answers 12_500_000 as "12.500000"."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["read_only"] = True
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: int) -> str:
+        return f"{micros_to_usd(value):f}"
 
 
 class Pagination(LimitOffsetPagination):
@@ -110,3 +150,110 @@ class Pagination(LimitOffsetPagination):
 
     default_limit = 50
     max_limit = 500
+
+
+class KeysetPagination(BasePagination):
+    """Newest first without OFFSET, for lists that grow without end: `?limit=&cursor=`.
+
+    The rows are ordered by (`time_field` desc, id desc), and the page after a row is the rows
+    strictly older than it: `time < t OR (time = t AND id < i)`. An index on (owner, -time)
+    answers that at any depth in the same time as the first page, where OFFSET would read and
+    throw away every row before it; rows added meanwhile never shift a page or repeat a row.
+
+    The answer is `{"results": [...], "next": url|null, "next_cursor": str|null}`. A cursor is
+    opaque (url-safe base64 of the last row's timestamp and id): clients pass it back, never
+    build one; a cursor that does not decode is a 400 on `cursor`.
+
+    In a GenericAPIView set `pagination_class = KeysetPagination`; in an APIView set it too (the
+    schema then documents the parameters and the page) and page by hand:
+
+        paginator = self.pagination_class()
+        rows = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(rows, many=True).data)
+
+    Subclass to page on another timestamp field or change the limits.
+    """
+
+    time_field = "created_at"
+    default_limit = 50
+    max_limit = 500
+    cursor_query_param = "cursor"
+    limit_query_param = "limit"
+
+    def paginate_queryset(
+        self, queryset: QuerySet, request: Request, view: Any = None
+    ) -> list[Any]:
+        self.request = request
+        self.limit = self.get_limit(request)
+        queryset = queryset.order_by(f"-{self.time_field}", "-pk")
+        cursor = request.query_params.get(self.cursor_query_param)
+        if cursor:
+            when, pk = cursor_decode(cursor)
+            queryset = rows_after(queryset, when=when, pk=pk, field=self.time_field)
+        rows = list(queryset[: self.limit + 1])
+        self.has_next = len(rows) > self.limit
+        rows = rows[: self.limit]
+        self.next_cursor = self.encode_cursor(rows[-1]) if self.has_next else None
+        return rows
+
+    def get_limit(self, request: Request) -> int:
+        # Like DRF's own paginations: a missing or unusable limit is the default, a big one the max.
+        try:
+            limit = int(request.query_params[self.limit_query_param])
+        except (KeyError, ValueError):
+            return self.default_limit
+        return min(limit, self.max_limit) if limit > 0 else self.default_limit
+
+    def encode_cursor(self, row: Any) -> str:
+        return cursor_encode(when=getattr(row, self.time_field), pk=row.pk)
+
+    def get_next_link(self) -> str | None:
+        if self.next_cursor is None:
+            return None
+        url = self.request.build_absolute_uri()
+        url = replace_query_param(url, self.limit_query_param, self.limit)
+        return replace_query_param(url, self.cursor_query_param, self.next_cursor)
+
+    def get_paginated_response(self, data: list) -> Response:
+        return Response(
+            {"results": data, "next": self.get_next_link(), "next_cursor": self.next_cursor}
+        )
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        return {
+            "type": "object",
+            "required": ["results", "next", "next_cursor"],
+            "properties": {
+                "results": schema,
+                "next": {
+                    "type": "string",
+                    "format": "uri",
+                    "nullable": True,
+                    "description": "The next page's URL; null on the last page.",
+                },
+                "next_cursor": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "Pass as `cursor` for the next page; null on the last page.",
+                },
+            },
+        }
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict]:
+        return [
+            {
+                "name": self.limit_query_param,
+                "required": False,
+                "in": "query",
+                "description": f"Rows per page: {self.default_limit} by default, at most "
+                f"{self.max_limit}.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": self.max_limit},
+            },
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "The `next_cursor` of the previous page; omit for the newest rows.",
+                "schema": {"type": "string"},
+            },
+        ]

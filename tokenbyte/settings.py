@@ -279,6 +279,20 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tokenbyte.api.schema_document_authentication_errors",
+    ],
+    # Choice sets that share a field name get a name each (else a hash suffix and a warning).
+    "ENUM_NAME_OVERRIDES": {
+        "LedgerEntryKindEnum": "billing.models.LedgerEntry.Kind",
+        "AlertKindEnum": "billing.models.Alert.Kind",
+        "TopUpStatusEnum": "billing.models.TopUp.Status",
+        "TaskKindEnum": "tasks.models.AsyncTask.Kind",
+        "TaskStatusEnum": "tasks.models.AsyncTask.Status",
+        "ApiTokenStatusEnum": "accounts.models.ApiToken.Status",
+        "QuotaResetEnum": "accounts.models.QuotaReset",
+    },
 }
 
 LANGUAGE_CODE = "en-us"

@@ -1,0 +1,92 @@
+"""The tasks part of /api/: your async image and audio jobs, read-only.
+
+A task is named by its public id (`task_…`), the id POST /v1/tasks answers with.
+"""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import User
+from tasks.models import AsyncTask
+from tasks.selectors import async_tasks_for_user
+from tokenbyte.api import ErrorSerializer, KeysetPagination, UsdField
+
+
+def _get_task_for_user(user: User, task_id: str) -> AsyncTask:
+    """The user's task with this public id; another user's is a 404, like a missing one."""
+    return get_object_or_404(async_tasks_for_user(user=user), public_id=task_id)
+
+
+class TaskOutput(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", help_text="The task's public id, task_….")
+    model = serializers.CharField(source="model_id")
+    key_id = serializers.IntegerField(
+        source="api_token_id", allow_null=True, help_text="The API key that submitted it."
+    )
+    key_name = serializers.SerializerMethodField(help_text="That key's name, if it still exists.")
+    cost_micros = serializers.IntegerField(help_text="Charged when the job succeeded, micro-USD.")
+    cost_usd = UsdField(source="cost_micros")
+
+    class Meta:
+        model = AsyncTask
+        ref_name = "Task"
+        fields = [
+            "id",
+            "kind",
+            "model",
+            "status",
+            "key_id",
+            "key_name",
+            "cost_micros",
+            "cost_usd",
+            "error",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    def get_key_name(self, task: AsyncTask) -> str | None:
+        return task.api_token.name if task.api_token is not None else None
+
+
+class TaskDetailOutput(TaskOutput):
+    input = serializers.JSONField(help_text="The job's parameters as submitted.")
+    result = serializers.JSONField(
+        allow_null=True, help_text="What the job produced (e.g. image URLs); null until it ends."
+    )
+
+    class Meta(TaskOutput.Meta):
+        ref_name = "TaskDetail"
+        fields = [*TaskOutput.Meta.fields, "input", "result"]
+
+
+class TaskListApi(APIView):
+    """Your async jobs, newest first, without their input and result (see a task for those).
+    Paged by cursor: follow `next`."""
+
+    pagination_class = KeysetPagination
+
+    @extend_schema(
+        responses={200: TaskOutput(many=True), 400: ErrorSerializer}, operation_id="tasks_list"
+    )
+    def get(self, request: Request) -> Response:
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(
+            async_tasks_for_user(user=request.user), request, view=self
+        )
+        return paginator.get_paginated_response(TaskOutput(page, many=True).data)
+
+
+class TaskDetailApi(APIView):
+    """One of your async jobs, with its input and result."""
+
+    @extend_schema(
+        responses={200: TaskDetailOutput, 404: ErrorSerializer}, operation_id="tasks_retrieve"
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        return Response(TaskDetailOutput(_get_task_for_user(request.user, task_id)).data)
