@@ -2,10 +2,14 @@ import hashlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import HttpRequest
@@ -81,6 +85,7 @@ def token_group_create(
     owner: User,
     name: str,
     organization: Organization | None = None,
+    description: str = "",
     quota_tokens: int | None = None,
     quota_reset: str = QuotaReset.MANUAL,
     credit_limit_micros: int | None = None,
@@ -90,18 +95,19 @@ def token_group_create(
 ) -> TokenGroup:
     name = name.strip()
     if not name:
-        raise ApplicationError("a group needs a name")
+        raise ApplicationError("a group needs a name", extra={"param": "name"})
     if quota_reset not in QuotaReset.values:
         raise ApplicationError(f"quota reset must be one of {', '.join(QuotaReset.values)}")
     _check_non_negative(
         quota_tokens=quota_tokens, credit_limit=credit_limit_micros, rpm=rpm, tpm=tpm, rpd=rpd
     )
     if TokenGroup.objects.filter(owner=owner, name=name).exists():
-        raise ApplicationError(f"a group named {name!r} already exists")
+        raise ApplicationError(f"a group named {name!r} already exists", extra={"param": "name"})
     return TokenGroup.objects.create(
         owner=owner,
         organization=organization,
         name=name,
+        description=description.strip(),
         quota_tokens=quota_tokens,
         quota_reset=quota_reset,
         quota_next_reset_at=quota_next_reset(
@@ -134,13 +140,13 @@ def api_token_create(
     """Create a key; returns it with the plaintext, which is never stored and never shown again."""
     name = name.strip()
     if not name:
-        raise ApplicationError("a key needs a name")
+        raise ApplicationError("a key needs a name", extra={"param": "name"})
     if quota_reset not in QuotaReset.values:
         raise ApplicationError(f"quota reset must be one of {', '.join(QuotaReset.values)}")
     if expires_at is not None and expires_at <= timezone.now():
-        raise ApplicationError("the expiry must be in the future")
+        raise ApplicationError("the expiry must be in the future", extra={"param": "expires_at"})
     if group is not None and group.owner_id != owner.pk:
-        raise ApplicationError("the group belongs to someone else")
+        raise ApplicationError("the group belongs to someone else", extra={"param": "group"})
     _check_non_negative(
         rpm=rpm,
         tpm=tpm,
@@ -149,8 +155,10 @@ def api_token_create(
         max_cost_per_request=max_cost_per_request_micros,
         credit_limit=credit_limit_micros,
     )
-    models = _clean_models(allowed_models)
-    ips = _clean_ips(allowed_ips)
+    with _about("allowed_models"):
+        models = _clean_models(allowed_models)
+    with _about("allowed_ips"):
+        ips = _clean_ips(allowed_ips)
     key = api_key_generate()
     with transaction.atomic():
         token = ApiToken.objects.create(
@@ -225,6 +233,302 @@ def api_token_set_group(*, token: ApiToken, group: TokenGroup | None) -> bool:
         return False
     token.group = group
     return True
+
+
+# --- editing, deleting and batches of keys; editing and deleting groups ---------------------------
+#
+# The relay caches each key's row (its limits and its group's) for RELAY_KEY_CACHE_SECONDS (1 s)
+# per process and then reads it again (relay/keys.py), so an edit, a disable or a revoke saved here
+# reaches every relay process within that second with no invalidation message.
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+# "Leave as it is" in partial updates, where None means "no limit".
+UNSET: Any = _Unset()
+# Ids one batch call may name (the API's batch endpoints and the console's selection).
+BATCH_MAX_IDS = 1000
+NAME_MAX_LENGTH = 100
+
+
+@contextmanager
+def _about(param: str) -> Iterator[None]:
+    """Name the input field of a validation error raised without one."""
+    try:
+        yield
+    except ApplicationError as exc:
+        if "param" not in exc.extra:
+            exc.extra["param"] = param
+        raise
+
+
+def _clean_name(name: str, *, what: str) -> str:
+    name = name.strip()
+    if not name:
+        raise ApplicationError(f"a {what} needs a name", extra={"param": "name"})
+    if len(name) > NAME_MAX_LENGTH:
+        raise ApplicationError(
+            f"a name has at most {NAME_MAX_LENGTH} characters", extra={"param": "name"}
+        )
+    return name
+
+
+def _check_limits(values: dict[str, Any]) -> None:
+    for field, value in values.items():
+        if value is UNSET or value is None or field == "quota_reset":
+            continue
+        with _about(field):
+            _check_non_negative(**{field: value})
+    reset = values.get("quota_reset", UNSET)
+    if reset is not UNSET and reset not in QuotaReset.values:
+        raise ApplicationError(
+            f"quota reset must be one of {', '.join(QuotaReset.values)}",
+            extra={"param": "quota_reset"},
+        )
+
+
+def _apply(obj: LimitsMixin, values: dict[str, Any]) -> list[str]:
+    """Set the given values on obj; returns the fields whose value changed."""
+    changed = []
+    for field, value in values.items():
+        if value is UNSET:
+            continue
+        attr = "group_id" if field == "group" else field
+        current = getattr(obj, attr)
+        new = value.pk if field == "group" and value is not None else value
+        if current != new:
+            setattr(obj, field, value)
+            changed.append(field)
+    return changed
+
+
+def api_token_update(
+    *,
+    token: ApiToken,
+    name: Any = UNSET,
+    group: Any = UNSET,
+    allowed_models: Any = UNSET,
+    allowed_ips: Any = UNSET,
+    rpm: Any = UNSET,
+    tpm: Any = UNSET,
+    rpd: Any = UNSET,
+    quota_tokens: Any = UNSET,
+    quota_reset: Any = UNSET,
+    max_cost_per_request_micros: Any = UNSET,
+    credit_limit_micros: Any = UNSET,
+    expires_at: Any = UNSET,
+) -> list[str]:
+    """Change a key's settings; arguments left UNSET keep their value, None means "no limit".
+
+    Returns the names of the fields that changed. A revoked key is final and cannot be edited.
+    The counters the relay moves (quota and credit used) are never written from here.
+    """
+    if token.status == ApiToken.Status.REVOKED:
+        raise ApplicationError(
+            "a revoked key cannot be edited", code="revoked", extra={"status": 409}
+        )
+    if name is not UNSET:
+        name = _clean_name(name, what="key")
+    if group is not UNSET and group is not None and group.owner_id != token.owner_id:
+        raise ApplicationError("the group belongs to someone else", extra={"param": "group"})
+    if allowed_models is not UNSET:
+        with _about("allowed_models"):
+            allowed_models = _clean_models(allowed_models)
+    if allowed_ips is not UNSET:
+        with _about("allowed_ips"):
+            allowed_ips = _clean_ips(allowed_ips)
+    if (
+        expires_at not in (UNSET, None)
+        and expires_at != token.expires_at
+        and expires_at <= timezone.now()
+    ):
+        raise ApplicationError("the expiry must be in the future", extra={"param": "expires_at"})
+    values = {
+        "name": name,
+        "group": group,
+        "allowed_models": allowed_models,
+        "allowed_ips": allowed_ips,
+        "rpm": rpm,
+        "tpm": tpm,
+        "rpd": rpd,
+        "quota_tokens": quota_tokens,
+        "quota_reset": quota_reset,
+        "max_cost_per_request_micros": max_cost_per_request_micros,
+        "credit_limit_micros": credit_limit_micros,
+        "expires_at": expires_at,
+    }
+    _check_limits(
+        {
+            k: values[k]
+            for k in (
+                "rpm", "tpm", "rpd", "quota_tokens", "quota_reset",
+                "max_cost_per_request_micros", "credit_limit_micros",
+            )
+        }
+    )  # fmt: skip
+    changed = _apply(token, values)
+    if changed:
+        # Only the changed settings are written, under the revoked-is-final rule: a key revoked
+        # meanwhile (another tab, the batch API) stays revoked and unedited.
+        with transaction.atomic():
+            locked = (
+                ApiToken.objects.select_for_update(of=("self",))
+                .filter(pk=token.pk)
+                .values_list("status", flat=True)
+                .first()
+            )
+            if locked is None or locked == ApiToken.Status.REVOKED:
+                raise ApplicationError(
+                    "a revoked key cannot be edited", code="revoked", extra={"status": 409}
+                )
+            limits_save(obj=token, fields=changed)
+    return changed
+
+
+def api_token_delete(*, token: ApiToken) -> None:
+    """Delete a key for good. Its request logs stay, with the key's name and no link to it."""
+    with transaction.atomic():
+        if token.status != ApiToken.Status.REVOKED:
+            # Deleting a live key ends it as revoking does: the account's activity says so.
+            audit_event_record(
+                user_id=token.owner_id,
+                kind=AuditEvent.Kind.KEY_REVOKED,
+                detail=f"{token.name} ({token.prefix}…), deleted",
+            )
+        ApiToken.objects.filter(pk=token.pk).delete()
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch did: the ids it changed, the owner's ids it left as they were (already in
+    that state) and the ids that are not the owner's keys (missing or someone else's)."""
+
+    changed: list[int]
+    unchanged: list[int]
+    not_found: list[int]
+
+
+def _batch_ids(ids: Iterable[int]) -> list[int]:
+    wanted = list(dict.fromkeys(int(i) for i in ids))
+    if len(wanted) > BATCH_MAX_IDS:
+        raise ApplicationError(f"at most {BATCH_MAX_IDS} ids per batch", extra={"param": "ids"})
+    return wanted
+
+
+def _owned_key_ids(owner: User, ids: list[int]) -> set[int]:
+    return set(
+        ApiToken.objects.filter(owner=owner, is_playground=False, pk__in=ids).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+def api_tokens_revoke(*, owner: User, ids: Iterable[int]) -> BatchResult:
+    """Revoke several of the owner's keys at once. Other users' ids change nothing."""
+    wanted = _batch_ids(ids)
+    owned = _owned_key_ids(owner, wanted)
+    now = timezone.now()
+    with transaction.atomic():
+        # Rows in pk order (Saleor's rule), so two batches over the same keys cannot deadlock.
+        live = list(
+            ApiToken.objects.filter(pk__in=owned)
+            .exclude(status=ApiToken.Status.REVOKED)
+            .order_by("pk")
+            .select_for_update(of=("self",))
+            .values_list("pk", "name", "prefix")
+        )
+        ApiToken.objects.filter(pk__in=[pk for pk, _, _ in live]).update(
+            status=ApiToken.Status.REVOKED, revoked_at=now
+        )
+        AuditEvent.objects.bulk_create(
+            AuditEvent(user=owner, kind=AuditEvent.Kind.KEY_REVOKED, detail=f"{name} ({prefix}…)")
+            for _, name, prefix in live
+        )
+    changed = {pk for pk, _, _ in live}
+    return BatchResult(
+        changed=[i for i in wanted if i in changed],
+        unchanged=[i for i in wanted if i in owned and i not in changed],
+        not_found=[i for i in wanted if i not in owned],
+    )
+
+
+def api_tokens_set_group(
+    *, owner: User, ids: Iterable[int], group: TokenGroup | None
+) -> BatchResult:
+    """Move several of the owner's keys into a group (or out of any); see api_token_set_group."""
+    if group is not None and group.owner_id != owner.pk:
+        raise ApplicationError("the group belongs to someone else", extra={"param": "group"})
+    wanted = _batch_ids(ids)
+    owned = _owned_key_ids(owner, wanted)
+    group_id = group.pk if group is not None else None
+    with transaction.atomic():
+        moving = list(
+            ApiToken.objects.filter(pk__in=owned)
+            .exclude(group_id=group_id)
+            .order_by("pk")
+            .select_for_update(of=("self",))
+            .values_list("pk", flat=True)
+        )
+        ApiToken.objects.filter(pk__in=moving).update(group_id=group_id)
+    changed = set(moving)
+    return BatchResult(
+        changed=[i for i in wanted if i in changed],
+        unchanged=[i for i in wanted if i in owned and i not in changed],
+        not_found=[i for i in wanted if i not in owned],
+    )
+
+
+def token_group_update(
+    *,
+    group: TokenGroup,
+    name: Any = UNSET,
+    description: Any = UNSET,
+    quota_tokens: Any = UNSET,
+    quota_reset: Any = UNSET,
+    credit_limit_micros: Any = UNSET,
+    rpm: Any = UNSET,
+    tpm: Any = UNSET,
+    rpd: Any = UNSET,
+) -> list[str]:
+    """Change a group's settings (UNSET keeps a value, None means no limit); returns the fields
+    that changed. Its keys feel the change at the relay within the key cache's second."""
+    if name is not UNSET:
+        name = _clean_name(name, what="group")
+        if (
+            name != group.name
+            and TokenGroup.objects.filter(owner_id=group.owner_id, name=name).exists()
+        ):
+            raise ApplicationError(
+                f"a group named {name!r} already exists", extra={"param": "name"}
+            )
+    if description is not UNSET:
+        description = description.strip()[:255]
+    values = {
+        "name": name,
+        "description": description,
+        "quota_tokens": quota_tokens,
+        "quota_reset": quota_reset,
+        "credit_limit_micros": credit_limit_micros,
+        "rpm": rpm,
+        "tpm": tpm,
+        "rpd": rpd,
+    }
+    _check_limits({k: v for k, v in values.items() if k not in ("name", "description")})
+    changed = _apply(group, values)
+    if changed:
+        limits_save(obj=group, fields=changed)
+    return changed
+
+
+def token_group_delete(*, group: TokenGroup) -> int:
+    """Delete a group; its keys stay, in no group. Returns how many keys were in it."""
+    with transaction.atomic():
+        moved = ApiToken.objects.filter(group_id=group.pk).update(group=None)
+        TokenGroup.objects.filter(pk=group.pk).delete()
+    return moved
 
 
 # --- token quota periods -------------------------------------------------------------------------
@@ -414,6 +718,73 @@ def audit_event_record(
         user_agent=user_agent,
         detail=detail[:AUDIT_TEXT_LENGTH],
     )
+
+
+# --- playground keys -----------------------------------------------------------------------------
+
+PLAYGROUND_KEY_NAME = "Playground"
+# Live playground keys one user may hold (a few open playground tabs); issuing another revokes
+# the oldest.
+PLAYGROUND_KEYS_LIVE_MAX = 5
+# How long an expired playground key is kept before the cleanup job deletes it.
+PLAYGROUND_KEYS_KEPT_AFTER_EXPIRY = timedelta(days=1)
+PLAYGROUND_KEYS_DELETE_BATCH = 500
+
+
+def playground_key_issue(*, user: User) -> tuple[ApiToken, str]:
+    """A short-lived relay key for the console's playground, which calls /v1 from the browser.
+
+    Returns the key with its plaintext; only the digest is stored, the page keeps the plaintext
+    in memory and asks for a new key when this one expires (PLAYGROUND_KEY_TTL_SECONDS). No
+    group and no limits of its own: it spends from the user's wallet and is billed and logged
+    like any key. No audit event: an open playground makes one an hour, which would bury the
+    keys the user made.
+    """
+    now = timezone.now()
+    key = api_key_generate()
+    with transaction.atomic():
+        # The user's row serializes two tabs asking at once, so the cap of live keys holds.
+        list(User.objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+        live = (
+            ApiToken.objects.filter(
+                owner=user,
+                is_playground=True,
+                status=ApiToken.Status.ENABLED,
+                expires_at__gt=now,
+            )
+            .order_by("-created_at", "-pk")
+            .values_list("pk", flat=True)
+        )
+        oldest = list(live[PLAYGROUND_KEYS_LIVE_MAX - 1 :])
+        if oldest:
+            ApiToken.objects.filter(pk__in=oldest).update(
+                status=ApiToken.Status.REVOKED, revoked_at=now
+            )
+        token = ApiToken.objects.create(
+            owner=user,
+            name=PLAYGROUND_KEY_NAME,
+            prefix=key[:API_KEY_DISPLAY_LENGTH],
+            digest=api_key_digest(key),
+            is_playground=True,
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.PLAYGROUND_KEY_TTL_SECONDS),
+        )
+    return token, key
+
+
+def playground_keys_delete_expired(*, now: datetime | None = None) -> int:
+    """Delete the playground keys that expired over a day ago; returns how many went.
+
+    Their request logs stay and keep the key's name (RequestLog.api_token is SET_NULL). Safe
+    to run twice; deletes in batches so a backlog never becomes one huge transaction.
+    """
+    cutoff = (now or timezone.now()) - PLAYGROUND_KEYS_KEPT_AFTER_EXPIRY
+    expired = ApiToken.objects.filter(is_playground=True, expires_at__lt=cutoff)
+    deleted = 0
+    while pks := list(expired.values_list("pk", flat=True)[:PLAYGROUND_KEYS_DELETE_BATCH]):
+        _, counts = ApiToken.objects.filter(pk__in=pks).delete()
+        deleted += counts.get(ApiToken._meta.label, 0)
+    return deleted
 
 
 # --- personal access tokens (the JSON API) --------------------------------------------------------
