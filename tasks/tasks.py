@@ -1,5 +1,6 @@
 """Celery tasks: take ids, are safe to run twice, call one service each."""
 
+from accounts.services import playground_keys_delete_expired
 from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
 from catalog.services import channels_probe_disabled
 from tokenbyte.celery import app
@@ -26,6 +27,12 @@ def expire_request_logs() -> int:
 def reset_due_quotas() -> int:
     """Every minute: reset the token quotas whose daily/weekly/monthly period ended."""
     return quotas_reset_due()
+
+
+@app.task(time_limit=300, soft_time_limit=280)
+def delete_expired_playground_keys() -> int:
+    """Hourly: delete the console's playground keys that expired over a day ago."""
+    return playground_keys_delete_expired()
 
 
 @app.task(

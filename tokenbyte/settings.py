@@ -84,6 +84,8 @@ ALLOWED_HOSTS = envlist("ALLOWED_HOSTS") or (
 )
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# Lifetime of the short-lived relay key the console's playground gets for the browser.
+PLAYGROUND_KEY_TTL_SECONDS = envint("PLAYGROUND_KEY_TTL_SECONDS", "3600")
 
 INSTALLED_APPS = [
     "tokenbyte.apps.TokenByteAdminConfig",
