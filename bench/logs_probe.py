@@ -29,10 +29,10 @@ from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from accounts.models import ApiToken, TokenGroup, User  # noqa: E402
+from tokenbyte.keyset import rows_after  # noqa: E402
 from usage.models import RequestLog  # noqa: E402
 from usage.selectors import (  # noqa: E402
     log_filters_parse,
-    request_logs_after,
     request_logs_filtered,
     request_logs_page,
 )
@@ -69,7 +69,7 @@ def plan(user: User, params: dict, cursor: bool) -> str:
     logs = request_logs_filtered(user=user, filters=filters)
     if cursor:
         last = request_logs_page(logs).rows[-1]
-        logs = request_logs_after(logs, created_at=last.created_at, log_id=last.pk)
+        logs = rows_after(logs, when=last.created_at, pk=last.pk)
     return logs[:101].explain(analyze=True, buffers=True)
 
 

@@ -5,12 +5,20 @@ from django.utils import timezone
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts.models import ApiToken, Invitation, Membership, Organization, TokenGroup, User
-from accounts.services import api_key_digest
+from accounts.models import (
+    ApiToken,
+    Invitation,
+    Membership,
+    Organization,
+    PersonalAccessToken,
+    TokenGroup,
+    User,
+)
+from accounts.services import ACCESS_TOKEN_DISPLAY_LENGTH, ACCESS_TOKEN_PREFIX, api_key_digest
 from billing.models import Alert, Hold, TopUp, Wallet
 from catalog.models import Channel, Model, Provider
 from tasks.models import AsyncTask
-from usage.models import RequestLog
+from usage.models import RequestLog, UsageRollup
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -44,6 +52,27 @@ class ApiTokenFactory(factory.django.DjangoModelFactory):
     prefix = factory.Sequence(lambda n: f"sk-{n:08d}")
     digest = factory.Sequence(lambda n: api_key_digest(f"sk-test-{n}"))
     created_at = factory.LazyFunction(timezone.now)
+
+
+class PersonalAccessTokenFactory(factory.django.DjangoModelFactory):
+    """A personal access token for /api/; its plaintext (tbp_…) is on `.secret`."""
+
+    class Meta:
+        model = PersonalAccessToken
+
+    user = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"script-{n}")
+    secret = factory.Sequence(lambda n: f"{ACCESS_TOKEN_PREFIX}test-secret-{n:08d}")
+    prefix = factory.LazyAttribute(lambda o: o.secret[:ACCESS_TOKEN_DISPLAY_LENGTH])
+    digest = factory.LazyAttribute(lambda o: api_key_digest(o.secret))
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        # Only the digest is a column; the plaintext rides on the instance for the test's header.
+        secret = kwargs.pop("secret")
+        token = super()._create(model_class, *args, **kwargs)
+        token.secret = secret
+        return token
 
 
 class WalletFactory(factory.django.DjangoModelFactory):
@@ -153,6 +182,23 @@ class RequestLogFactory(factory.django.DjangoModelFactory):
     prompt_tokens = 12
     completion_tokens = 30
     cost_micros = 1_234
+
+
+class UsageRollupFactory(factory.django.DjangoModelFactory):
+    """One hour's sums of a user's calls (billing's settlement writes these beside each log)."""
+
+    class Meta:
+        model = UsageRollup
+
+    hour = factory.LazyFunction(lambda: timezone.now().replace(minute=0, second=0, microsecond=0))
+    user = factory.SubFactory(UserFactory)
+    model_id = "gpt-4o-mini"
+    call_type = "chat"
+    requests = 1
+    prompt_tokens = 12
+    completion_tokens = 30
+    cost_micros = 1_234
+    duration_ms = 800
 
 
 class AsyncTaskFactory(factory.django.DjangoModelFactory):

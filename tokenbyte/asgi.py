@@ -23,13 +23,21 @@ if settings.DEBUG:
 # Imported after setup: they need the app registry.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
 
 from relay.app import application as relay_app  # noqa: E402
+from usage.consumers import DashboardConsumer  # noqa: E402
+
+# Websockets authenticate with the console's session; a page of another site may not open them.
+websocket_routes = [
+    path("ws/dashboard/", DashboardConsumer.as_asgi()),
+]
 
 console_app = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AuthMiddlewareStack(URLRouter([])),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_routes))),
     }
 )
 

@@ -1,16 +1,50 @@
+import csv
 import json
+from http import HTTPStatus
+from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    StreamingHttpResponse,
+)
 from django.shortcuts import render
 
 from accounts.models import User
-from billing.selectors import alerts_for_user, wallet_balance_micros_for_user
+from tokenbyte.errors import ApplicationError
+from tokenbyte.money import micros_to_usd
 from usage.models import RequestLog
-from usage.selectors import month_start_for_user, request_logs_for_user, usage_totals_for_user
-
-RECENT_CALLS = 10
-LOG_PAGE_SIZE = 100
+from usage.selectors import (
+    DASHBOARD_RECENT_CALLS,
+    GRANULARITIES,
+    LOG_CALL_TYPES,
+    LOG_ERROR_STATUS_FROM,
+    LOG_FILTER_PARAMS,
+    LOG_PAGE_SIZE,
+    RANGE_PRESETS,
+    SPLITS,
+    LogFilters,
+    LogPage,
+    UsageQuery,
+    UsageSeries,
+    log_csv_filename,
+    log_filter_options,
+    log_filters_parse,
+    request_logs_csv,
+    request_logs_csv_async,
+    request_logs_filtered,
+    request_logs_for_user,
+    request_logs_page,
+    usage_breakdown_for_user,
+    usage_dashboard_for_user,
+    usage_query_parse,
+    usage_rollup_totals_for_user,
+    usage_series_for_user,
+)
 
 
 def _get_log_for_user(user: User, request_id: str) -> RequestLog:
@@ -23,25 +57,281 @@ def _get_log_for_user(user: User, request_id: str) -> RequestLog:
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    month_start = month_start_for_user(user=request.user)
+    board = usage_dashboard_for_user(user=request.user)
     context = {
-        "month_start": month_start,
-        "totals": usage_totals_for_user(user=request.user, since=month_start),
-        "balance_micros": wallet_balance_micros_for_user(user=request.user),
-        "recent_logs": list(request_logs_for_user(user=request.user)[:RECENT_CALLS]),
-        "alerts": list(alerts_for_user(user=request.user, unread_only=True)[:10]),
+        "board": board,
+        "month_start": board.month_start,
+        "totals": board.month,
+        "balance_micros": board.balance_micros,
+        "recent_logs": board.recent_logs,
+        "recent_columns": RECENT_CALL_COLUMNS,
+        "recent_limit": DASHBOARD_RECENT_CALLS,
+        # The rows' identities, for static/js/dashboard.js to merge live rows with them.
+        "recent_index": [
+            {"request_id": log.request_id, "created_at": log.created_at.isoformat(), "id": log.pk}
+            for log in board.recent_logs
+        ],
+        "alerts": board.alerts,
+        "cost_chart": _chart(
+            board.series,
+            metric="cost_micros",
+            chart_id="chart-daily-cost",
+            title="Spend per day, by model",
+        ),
     }
     return render(request, "usage/dashboard.html", context)
 
 
+def _log_query(request: HttpRequest, **changes: str) -> str:
+    """The page's filters as a query string (kept in links), with some parameters changed."""
+    params = {name: request.GET.get(name, "") for name in LOG_FILTER_PARAMS}
+    params.update(changes)
+    return urlencode({name: value for name, value in params.items() if value})
+
+
+def log_csv_response(request: HttpRequest, *, user: User, filters: LogFilters) -> HttpResponse:
+    """The filtered logs as a streamed CSV download (the page's and the API's export).
+
+    Under ASGI the body must be an async iterator: Django reads a sync one whole into memory
+    before sending it. Under WSGI (and the test client) it is the plain generator.
+    """
+    if isinstance(request, ASGIRequest):
+        body = request_logs_csv_async(user=user, filters=filters)
+    else:
+        body = request_logs_csv(user=user, filters=filters)
+    response = StreamingHttpResponse(body, content_type="text/csv; charset=utf-8")
+    filename = log_csv_filename(user=user)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 @login_required
 def log_list(request: HttpRequest) -> HttpResponse:
-    logs = list(request_logs_for_user(user=request.user)[:LOG_PAGE_SIZE])
-    return render(request, "usage/log_list.html", {"logs": logs, "page_size": LOG_PAGE_SIZE})
+    error = None
+    try:
+        filters = log_filters_parse(user=request.user, params=request.GET)
+        logs = request_logs_filtered(user=request.user, filters=filters)
+        page = request_logs_page(logs, cursor=request.GET.get("cursor", ""))
+    except ApplicationError as exc:
+        error, filters, page = exc, LogFilters(), LogPage(rows=[], next_cursor=None)
+    options = log_filter_options(user=request.user)
+    context = {
+        "logs": page.rows,
+        "page_size": LOG_PAGE_SIZE,
+        "filters": filters,
+        "values": {name: request.GET.get(name, "") for name in LOG_FILTER_PARAMS},
+        "error": error,
+        "keys": options["key"],
+        "groups": options["group"],
+        "call_types": LOG_CALL_TYPES.items(),
+        "model_ids": [name for _, name in options["model"]],
+        "is_first_page": not request.GET.get("cursor"),
+        "next_query": _log_query(request, cursor=page.next_cursor) if page.next_cursor else "",
+        "first_query": _log_query(request),
+    }
+    return render(request, "usage/log_list.html", context)
+
+
+@login_required
+def log_export_csv(request: HttpRequest) -> HttpResponse:
+    try:
+        filters = log_filters_parse(user=request.user, params=request.GET)
+    except ApplicationError as exc:
+        return HttpResponseBadRequest(exc.message, content_type="text/plain; charset=utf-8")
+    return log_csv_response(request, user=request.user, filters=filters)
 
 
 @login_required
 def log_detail(request: HttpRequest, request_id: str) -> HttpResponse:
     log = _get_log_for_user(request.user, request_id)
     params = json.dumps(log.request_params, indent=2, sort_keys=True, ensure_ascii=False)
-    return render(request, "usage/log_detail.html", {"log": log, "request_params_json": params})
+    try:
+        reason = HTTPStatus(log.status_code).phrase
+    except ValueError:
+        reason = ""
+    context = {
+        "log": log,
+        "request_params_json": params,
+        "status_reason": reason,
+        "call_type_label": LOG_CALL_TYPES.get(log.call_type, log.call_type),
+        "is_error": log.status_code >= LOG_ERROR_STATUS_FROM,
+    }
+    return render(request, "usage/log_detail.html", context)
+
+
+# --- usage stats ---
+# The columns of partials/log_row.html, for the dashboard's live table of recent calls.
+RECENT_CALL_COLUMNS = (
+    "Time,Model,Key,Status,Duration:num,TTFT:num,In:num,Out:num,Cached:num,Cost:num"
+)
+_BUCKET_NAMES = {"day": "Day", "week": "Week of", "month": "Month"}
+_CHART_UNITS = {"cost_micros": "usd", "tokens": "count", "requests": "count"}
+USAGE_CSV_COLUMNS = [
+    "name",
+    "id",
+    "requests",
+    "errors",
+    "error_rate_percent",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "cost_micros",
+    "avg_duration_ms",
+]
+
+
+def _csv_text(value: str) -> str:
+    """A user's name as a CSV cell that a spreadsheet will not run as a formula."""
+    return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _chart(series: UsageSeries, *, metric: str, chart_id: str, title: str) -> dict:
+    """What partials/chart.html draws: the JSON payload of static/js/charts.js and the same
+    numbers as table rows (a bucket per row, a column per split value, and the total)."""
+    lines = series.lines or [series.total]
+    labels = series.bucket_labels
+    totals = getattr(series.total, metric)
+    unit = _CHART_UNITS[metric]
+    return {
+        "id": chart_id,
+        "data_id": f"{chart_id}-data",
+        "title": title,
+        "unit": unit,
+        "bucket_name": _BUCKET_NAMES[series.granularity],
+        "columns": [line.label for line in series.lines],
+        "rows": [
+            {
+                "label": label,
+                "values": [getattr(line, metric)[n] for line in series.lines],
+                "total": totals[n],
+            }
+            for n, label in enumerate(labels)
+        ],
+        "column_totals": [sum(getattr(line, metric)) for line in series.lines],
+        "total": sum(totals),
+        "payload": {
+            "title": title,
+            "unit": unit,
+            "stacked": bool(series.lines),
+            "labels": labels,
+            "datasets": [{"label": line.label, "data": getattr(line, metric)} for line in lines],
+        },
+    }
+
+
+def _usage_query_or_default(request: HttpRequest) -> tuple[UsageQuery, ApplicationError | None]:
+    """The page's query, or the last 30 days with the error to show when the query is wrong."""
+    try:
+        return usage_query_parse(user=request.user, params=request.GET), None
+    except ApplicationError as exc:
+        return usage_query_parse(user=request.user, params={}), exc
+
+
+def _usage_link(query: UsageQuery, **changes: str) -> str:
+    params = {
+        "range": query.days.preset,
+        "granularity": query.granularity,
+        "split": query.split or "",
+    }
+    if query.days.preset == "custom":
+        params |= {"from": query.days.first_day.isoformat(), "to": query.days.last_day.isoformat()}
+    params |= changes
+    if params["range"] != "custom":
+        params.pop("from", None)
+        params.pop("to", None)
+    return urlencode({name: value for name, value in params.items() if value})
+
+
+@login_required
+def usage(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    query, error = _usage_query_or_default(request)
+    days = query.days
+    series = usage_series_for_user(
+        user=user,
+        start=days.start,
+        end=days.end,
+        granularity=query.granularity,
+        split=query.split,
+    )
+    per = query.granularity
+    split_name = f", by {query.split}" if query.split else ""
+    charts = [
+        _chart(
+            series, metric=metric, chart_id=f"chart-{name}", title=f"{title} per {per}{split_name}"
+        )
+        for metric, name, title in (
+            ("cost_micros", "cost", "Spend"),
+            ("tokens", "tokens", "Tokens"),
+            ("requests", "requests", "Requests"),
+        )
+    ]
+    tables = [
+        {
+            "by": by,
+            "title": f"By {by}",
+            "rows": usage_breakdown_for_user(user=user, start=days.start, end=days.end, by=by),
+            "csv_query": _usage_link(query, by=by),
+        }
+        for by in SPLITS
+    ]
+    context = {
+        "query": query,
+        "days": days,
+        "error": error,
+        "totals": usage_rollup_totals_for_user(user=user, start=days.start, end=days.end),
+        "charts": charts,
+        "tables": tables,
+        "presets": [
+            {
+                "label": label,
+                "query": _usage_link(query, range=preset),
+                "current": preset == days.preset,
+            }
+            for preset, label in RANGE_PRESETS.items()
+            if preset != "custom"
+        ],
+        "granularities": GRANULARITIES,
+        "splits": SPLITS,
+    }
+    return render(request, "usage/usage.html", context)
+
+
+@login_required
+def usage_export_csv(request: HttpRequest) -> HttpResponse:
+    """One of the Usage page's tables (by key, model or group) as CSV: a row per value, small."""
+    try:
+        query = usage_query_parse(user=request.user, params=request.GET)
+        by = request.GET.get("by") or "model"
+        rows = usage_breakdown_for_user(
+            user=request.user, start=query.days.start, end=query.days.end, by=by
+        )
+    except ApplicationError as exc:
+        return HttpResponseBadRequest(exc.message, content_type="text/plain; charset=utf-8")
+    days = query.days
+    filename = f"usage-by-{by}-{days.first_day:%Y-%m-%d}-to-{days.last_day:%Y-%m-%d}.csv"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    writer = csv.writer(response)
+    writer.writerow(USAGE_CSV_COLUMNS)
+    for row in rows:
+        rate = "" if row.error_rate_percent is None else f"{row.error_rate_percent:.1f}"
+        writer.writerow(
+            [
+                _csv_text(row.label),
+                _csv_text(row.key),
+                row.requests,
+                row.errors,
+                rate,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.cached_tokens,
+                f"{micros_to_usd(row.cost_micros):f}",
+                row.cost_micros,
+                "" if row.avg_duration_ms is None else row.avg_duration_ms,
+            ]
+        )
+    return response

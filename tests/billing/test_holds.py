@@ -38,6 +38,10 @@ def path(request):
 
 @pytest.fixture
 def books():
+    return make_books()
+
+
+def make_books():
     """A key with a quota and a credit limit, in a group with both, and a $1 wallet."""
     owner = UserFactory()
     wallet = wallet_get_or_create(user=owner)

@@ -12,17 +12,22 @@ from tests.factories import (
     ChannelFactory,
     ModelFactory,
     RequestLogFactory,
+    TokenGroupFactory,
     UserFactory,
     WalletFactory,
 )
+from usage.services import usage_rollup_add
 
 pytestmark = pytest.mark.timeout(90)
 
 CONSOLE_PAGES = [
     "/dashboard/",
     "/tokens/",
+    "/tokens/groups/",
     "/models/",
+    "/playground/",
     "/logs/",
+    "/usage/",
     "/tasks/",
     "/wallet/",
     "/profile/",
@@ -38,8 +43,11 @@ def customer(email: str, *, credit_micros: int, key: str, task: str) -> dict:
         amount_micros=credit_micros,
         reason=f"Welcome credit for {email}",
     )
-    token = ApiTokenFactory(owner=user, name=key)
+    group = TokenGroupFactory(owner=user, name=f"{key}-team")
+    token = ApiTokenFactory(owner=user, name=key, group=group)
     log = RequestLogFactory(user=user, api_token=token, token_name=key, model_id="e2e-chat")
+    # The call's hour in the usage rollups, as billing's settlement writes it.
+    usage_rollup_add(log=log, cost_micros=log.cost_micros)
     AsyncTaskFactory(user=user, public_id=task, api_token=token)
     return {"user": user, "email": email, "key": key, "task": task, "log": log}
 
@@ -78,8 +86,11 @@ def test_every_console_page_shows_the_owners_data_and_none_of_the_outsiders(
     shown = {
         "/dashboard/": ([owner["key"], "$25.00"], [outsider["key"], "$7.00"]),
         "/tokens/": ([owner["key"]], [outsider["key"]]),
+        "/tokens/groups/": ([f"{owner['key']}-team"], [f"{outsider['key']}-team"]),
         "/models/": (["e2e-chat", "E2E Chat"], []),
+        "/playground/": (["e2e-chat"], []),
         "/logs/": ([owner["key"], "e2e-chat"], [outsider["key"]]),
+        "/usage/": ([owner["key"], "e2e-chat"], [outsider["key"]]),
         "/tasks/": ([owner["task"], owner["key"]], [outsider["task"], outsider["key"]]),
         "/wallet/": (
             ["$25.00", f"Welcome credit for {owner['email']}"],
@@ -98,7 +109,7 @@ def test_every_console_page_shows_the_owners_data_and_none_of_the_outsiders(
             expect(main).to_contain_text(text)
         for text in absent:
             expect(main).not_to_contain_text(text)
-        shoot(page, url.strip("/"))
+        shoot(page, url.strip("/").replace("/", "-"))
 
 
 def test_another_customers_call_is_not_found(page, site, owner, outsider):

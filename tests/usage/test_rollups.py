@@ -9,11 +9,23 @@ from django.utils import timezone
 
 from billing.models import Wallet
 from billing.services import holds_release_expired
-from tests.billing.test_holds import books, charge_for, hold, parts_of, path, settle_charge  # noqa: F401
+from tests.billing.test_holds import charge_for, hold, make_books, parts_of, settle_charge
 from usage.models import RequestLog, UsageRollup
 from usage.services import usage_rollup_add, usage_rollups_rebuild
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["orm", "sql"])
+def path(request):
+    """Each test runs on both settlement backends (as tests/billing/test_holds.py does)."""
+    return request.param
+
+
+@pytest.fixture
+def books():
+    return make_books()
+
 
 COUNTERS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
             "cost_micros", "duration_ms")  # fmt: skip

@@ -1,0 +1,444 @@
+"""The usage part of /api/: request logs (filtered, keyset-paged, one call, CSV export).
+
+The filters are the Logs page's (usage.selectors.log_filters_parse); times are answered in the
+user's time zone with its offset, money as integer micro-USD and as an exact USD string.
+"""
+
+from http import HTTPStatus
+from typing import Any
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
+from rest_framework.views import APIView
+
+from accounts.models import User
+from billing.models import Alert
+from tokenbyte.api import ErrorSerializer
+from usage.models import RequestLog
+from usage.selectors import (
+    GRANULARITIES,
+    LOG_CALL_TYPES,
+    SPLITS,
+    RollupTotals,
+    UsageRange,
+    log_filters_parse,
+    log_time_iso,
+    request_logs_filtered,
+    request_logs_page,
+    usage_breakdown_for_user,
+    usage_dashboard_for_user,
+    usage_range_for_user,
+    usage_rollup_totals_for_user,
+    usage_series_for_user,
+    usd_string,
+    user_zone,
+)
+from usage.views import _get_log_for_user, log_csv_response
+
+LOG_API_DEFAULT_LIMIT = 100
+LOG_API_MAX_LIMIT = 1000
+
+FILTER_PARAMETERS = [
+    OpenApiParameter(
+        "from",
+        OpenApiTypes.STR,
+        description="Calls at or after this time: ISO 8601 date or date-time; without an offset "
+        "it is in your time zone (Profile). A date is its midnight.",
+    ),
+    OpenApiParameter(
+        "to",
+        OpenApiTypes.STR,
+        description="Calls before this time (same forms as `from`). A date includes that day.",
+    ),
+    OpenApiParameter("model", OpenApiTypes.STR, description="The model id the call asked for."),
+    OpenApiParameter("key", OpenApiTypes.INT, description="The id of one of your keys."),
+    OpenApiParameter("group", OpenApiTypes.INT, description="The id of one of your key groups."),
+    OpenApiParameter(
+        "call_type",
+        OpenApiTypes.STR,
+        description="The relay endpoint: " + ", ".join(f"`{name}`" for name in LOG_CALL_TYPES),
+    ),
+    OpenApiParameter(
+        "status",
+        OpenApiTypes.STR,
+        description="`success` (below 400), `error` (400 and above) or one HTTP status code.",
+    ),
+]
+PAGE_PARAMETERS = [
+    OpenApiParameter(
+        "limit",
+        OpenApiTypes.INT,
+        description=f"Rows per page: {LOG_API_DEFAULT_LIMIT} by default, at most "
+        f"{LOG_API_MAX_LIMIT}.",
+    ),
+    OpenApiParameter(
+        "cursor",
+        OpenApiTypes.STR,
+        description="The `next_cursor` of the previous page, as is; omit for the newest calls.",
+    ),
+]
+
+
+class UserZoneDateTimeField(serializers.DateTimeField):
+    """An instant in the requesting user's zone, to the millisecond (as in the CSV export)."""
+
+    def to_representation(self, value: Any) -> str:
+        return log_time_iso(value, self.context["zone"])
+
+
+class LogOutput(serializers.ModelSerializer):
+    created_at = UserZoneDateTimeField()
+    model = serializers.CharField(source="model_id")
+    stream = serializers.BooleanField(source="is_stream")
+    key_id = serializers.IntegerField(source="api_token_id", allow_null=True)
+    key_name = serializers.CharField(source="token_name")
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.SerializerMethodField(help_text="Exact USD, six decimals.")
+
+    class Meta:
+        model = RequestLog
+        fields = [
+            "request_id",
+            "created_at",
+            "model",
+            "upstream_model",
+            "call_type",
+            "stream",
+            "key_id",
+            "key_name",
+            "group_id",
+            "group_name",
+            "status_code",
+            "error_code",
+            "duration_ms",
+            "ttft_ms",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "total_tokens",
+            "cost_micros",
+            "cost_usd",
+            "attempts",
+        ]
+
+    def get_cost_usd(self, log: RequestLog) -> str:
+        return usd_string(log.cost_micros)
+
+
+class LogDetailOutput(LogOutput):
+    status_reason = serializers.SerializerMethodField()
+    request_params = serializers.JSONField(help_text="The request's parameters, messages excluded.")
+
+    class Meta(LogOutput.Meta):
+        fields = [
+            *LogOutput.Meta.fields,
+            "status_reason",
+            "endpoint",
+            "error_message",
+            "request_params",
+            "response_excerpt",
+            "client_ip",
+        ]
+
+    def get_status_reason(self, log: RequestLog) -> str:
+        try:
+            return HTTPStatus(log.status_code).phrase
+        except ValueError:
+            return ""
+
+
+class LogPageOutput(serializers.Serializer):
+    results = LogOutput(many=True)
+    next = serializers.URLField(allow_null=True, help_text="The next page; null on the last.")
+    next_cursor = serializers.CharField(
+        allow_null=True, help_text="Pass as `cursor` for the next page; null on the last."
+    )
+
+
+def _limit(request: Request) -> int:
+    # As DRF's paginations do: a missing or unusable limit is the default, a big one the max.
+    try:
+        limit = int(request.query_params["limit"])
+    except (KeyError, ValueError):
+        return LOG_API_DEFAULT_LIMIT
+    return min(limit, LOG_API_MAX_LIMIT) if limit > 0 else LOG_API_DEFAULT_LIMIT
+
+
+class LogListApi(APIView):
+    """Your calls, newest first, filtered like the Logs page and paged by cursor (no offsets:
+    every page is as fast as the first, and calls arriving meanwhile never shift a page)."""
+
+    @extend_schema(
+        parameters=[*FILTER_PARAMETERS, *PAGE_PARAMETERS],
+        responses={200: LogPageOutput, 400: ErrorSerializer},
+        operation_id="logs_list",
+    )
+    def get(self, request: Request) -> Response:
+        filters = log_filters_parse(user=request.user, params=request.query_params)
+        logs = request_logs_filtered(user=request.user, filters=filters)
+        limit = _limit(request)
+        page = request_logs_page(logs, cursor=request.query_params.get("cursor", ""), size=limit)
+        next_url = None
+        if page.next_cursor:
+            next_url = replace_query_param(request.build_absolute_uri(), "limit", limit)
+            next_url = replace_query_param(next_url, "cursor", page.next_cursor)
+        context = {"zone": user_zone(request.user)}
+        return Response(
+            {
+                "results": LogOutput(page.rows, many=True, context=context).data,
+                "next": next_url,
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+
+class LogDetailApi(APIView):
+    """One of your calls by its request id, with its parameters and the start of its answer or
+    its error. Another user's call is a 404, like a missing one."""
+
+    @extend_schema(
+        responses={200: LogDetailOutput, 404: ErrorSerializer}, operation_id="logs_retrieve"
+    )
+    def get(self, request: Request, request_id: str) -> Response:
+        log = _get_log_for_user(request.user, request_id)
+        context = {"zone": user_zone(request.user)}
+        return Response(LogDetailOutput(log, context=context).data)
+
+
+class LogExportApi(APIView):
+    """Your calls with the same filters as CSV, streamed (any number of rows, flat memory).
+
+    Columns: time (ISO 8601 in your zone), request_id, model, call_type, stream, key, group,
+    status_code, error_code, duration_ms, ttft_ms, prompt_tokens, completion_tokens,
+    cached_tokens, cost_usd (exact, six decimals), attempts. Newest first.
+    """
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # The answer is CSV whatever the Accept header says (`text/csv` included); an error
+        # before it is the JSON error body.
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        parameters=FILTER_PARAMETERS,
+        responses={
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The CSV file."),
+            (400, "application/json"): ErrorSerializer,
+        },
+        operation_id="logs_export_csv",
+    )
+    def get(self, request: Request) -> HttpResponse:
+        filters = log_filters_parse(user=request.user, params=request.query_params)
+        return log_csv_response(request._request, user=request.user, filters=filters)
+
+
+# --- usage stats ---
+# Read from the hourly rollups, never from the logs (they outlive the logs' retention). `from`
+# and `to` are days in the user's time zone, both included; without them, the last 30 days.
+
+
+class UsageRangeInput(serializers.Serializer):
+    # `from` is a Python keyword: declared through the class namespace.
+    locals()["from"] = serializers.DateField(
+        required=False, help_text="First day (YYYY-MM-DD, your time zone); with `to`."
+    )
+    to = serializers.DateField(
+        required=False, help_text="Last day, included (YYYY-MM-DD); with `from`."
+    )
+
+    def range_for(self, user: User) -> UsageRange:
+        data = self.validated_data
+        first_day, last_day = data.get("from"), data.get("to")
+        preset = "custom" if first_day or last_day else "30d"
+        return usage_range_for_user(
+            user=user, preset=preset, first_day=first_day, last_day=last_day
+        )
+
+
+def _usage_range(
+    request: Request, serializer_class: type[UsageRangeInput]
+) -> tuple[dict, UsageRange]:
+    data = serializer_class(data=request.query_params)
+    data.is_valid(raise_exception=True)
+    return data.validated_data, data.range_for(request.user)
+
+
+def _range_out(user: User, days: UsageRange) -> dict:
+    return {
+        "time_zone": str(user_zone(user)),
+        "first_day": days.first_day,
+        "last_day": days.last_day,
+    }
+
+
+class UsageTotalsOutput(serializers.Serializer):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField(help_text="Calls answered with a status of 400 or more.")
+    error_rate_percent = serializers.FloatField(allow_null=True, help_text="One decimal.")
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField(source="tokens")
+    cost_micros = serializers.IntegerField(help_text="micro-USD")
+    cost_usd = serializers.SerializerMethodField(help_text="Exact USD, six decimals.")
+    duration_ms = serializers.IntegerField(help_text="Sum of the calls' durations.")
+    avg_duration_ms = serializers.IntegerField(allow_null=True)
+
+    def get_cost_usd(self, totals: RollupTotals) -> str:
+        return usd_string(totals.cost_micros)
+
+
+class UsageRangeOutput(serializers.Serializer):
+    time_zone = serializers.CharField()
+    # Named `from` in the answer, like the parameter.
+    locals()["from"] = serializers.DateField(source="first_day")
+    to = serializers.DateField(source="last_day")
+
+
+class UsageSummaryApi(APIView):
+    """Your calls, tokens, spend, error rate and mean duration over a range of your days."""
+
+    class UsageSummaryOutput(serializers.Serializer):
+        range = UsageRangeOutput()
+        totals = UsageTotalsOutput()
+
+    @extend_schema(
+        parameters=[UsageRangeInput],
+        responses={200: UsageSummaryOutput, 400: ErrorSerializer},
+        operation_id="usage_summary",
+    )
+    def get(self, request: Request) -> Response:
+        _, days = _usage_range(request, UsageRangeInput)
+        totals = usage_rollup_totals_for_user(user=request.user, start=days.start, end=days.end)
+        body = {"range": _range_out(request.user, days), "totals": totals}
+        return Response(self.UsageSummaryOutput(body).data)
+
+
+class UsageSeriesLineOutput(serializers.Serializer):
+    key = serializers.CharField(
+        help_text="The model id, key id or group id (0 = none); `other` for the rest; empty for "
+        "the total."
+    )
+    label = serializers.CharField(help_text="The model, key or group name.")
+    cost_micros = serializers.ListField(child=serializers.IntegerField(), help_text="micro-USD")
+    tokens = serializers.ListField(child=serializers.IntegerField())
+    requests = serializers.ListField(child=serializers.IntegerField())
+
+
+class UsageSeriesOutput(serializers.Serializer):
+    granularity = serializers.CharField()
+    split = serializers.CharField(allow_null=True)
+    buckets = serializers.ListField(
+        child=serializers.DateField(),
+        help_text="The first day of each day, week (Monday) or month, in your time zone.",
+    )
+    total = UsageSeriesLineOutput()
+    series = UsageSeriesLineOutput(
+        source="lines", many=True, help_text="The top values by spend and `other`; empty unsplit."
+    )
+
+
+class UsageSeriesApi(APIView):
+    """Spend, tokens and calls per day, week or month of your time zone, optionally split by
+    model, key or group (the `top` values by spend, the rest summed as `other`)."""
+
+    class UsageSeriesInput(UsageRangeInput):
+        granularity = serializers.ChoiceField(choices=GRANULARITIES, default="day")
+        split = serializers.ChoiceField(choices=SPLITS, required=False, allow_blank=True)
+        top = serializers.IntegerField(min_value=1, max_value=20, default=5)
+
+    class UsageSeriesResponseOutput(serializers.Serializer):
+        range = UsageRangeOutput()
+        series = UsageSeriesOutput()
+
+    @extend_schema(
+        parameters=[UsageSeriesInput],
+        responses={200: UsageSeriesResponseOutput, 400: ErrorSerializer},
+        operation_id="usage_series",
+    )
+    def get(self, request: Request) -> Response:
+        data, days = _usage_range(request, self.UsageSeriesInput)
+        series = usage_series_for_user(
+            user=request.user,
+            start=days.start,
+            end=days.end,
+            granularity=data["granularity"],
+            split=data.get("split") or None,
+            top=data["top"],
+        )
+        body = {"range": _range_out(request.user, days), "series": series}
+        return Response(self.UsageSeriesResponseOutput(body).data)
+
+
+class UsageBreakdownRowOutput(UsageTotalsOutput):
+    key = serializers.CharField(help_text="The model id, key id or group id (0 = none).")
+    label = serializers.CharField(help_text="The model, key or group name.")
+
+
+class UsageBreakdownApi(APIView):
+    """Your calls over a range per key, model or group, the most spent first: requests, error
+    rate, tokens, spend and mean duration. A deleted key or group is named by its id."""
+
+    class UsageBreakdownInput(UsageRangeInput):
+        by = serializers.ChoiceField(choices=SPLITS)
+
+    class UsageBreakdownOutput(serializers.Serializer):
+        range = UsageRangeOutput()
+        by = serializers.CharField()
+        results = UsageBreakdownRowOutput(many=True)
+
+    @extend_schema(
+        parameters=[UsageBreakdownInput],
+        responses={200: UsageBreakdownOutput, 400: ErrorSerializer},
+        operation_id="usage_breakdown",
+    )
+    def get(self, request: Request) -> Response:
+        data, days = _usage_range(request, self.UsageBreakdownInput)
+        rows = usage_breakdown_for_user(
+            user=request.user, start=days.start, end=days.end, by=data["by"]
+        )
+        body = {"range": _range_out(request.user, days), "by": data["by"], "results": rows}
+        return Response(self.UsageBreakdownOutput(body).data)
+
+
+class AlertOutput(serializers.ModelSerializer):
+    created_at = UserZoneDateTimeField()
+
+    class Meta:
+        model = Alert
+        fields = ["id", "kind", "message", "threshold_percent", "created_at"]
+
+
+class DashboardApi(APIView):
+    """What the dashboard shows: this month's totals (your time zone), the balance, the last 30
+    days of spend per day by model, your ten latest calls and your unread alerts."""
+
+    class DashboardOutput(serializers.Serializer):
+        month_start = UserZoneDateTimeField()
+        month = UsageTotalsOutput()
+        balance_micros = serializers.IntegerField(help_text="micro-USD")
+        balance_usd = serializers.CharField(help_text="Exact USD, six decimals.")
+        range = UsageRangeOutput()
+        series = UsageSeriesOutput()
+        recent_calls = LogOutput(many=True)
+        alerts = AlertOutput(many=True)
+
+    @extend_schema(responses={200: DashboardOutput}, operation_id="dashboard_retrieve")
+    def get(self, request: Request) -> Response:
+        board = usage_dashboard_for_user(user=request.user)
+        body = {
+            "month_start": board.month_start,
+            "month": board.month,
+            "balance_micros": board.balance_micros,
+            "balance_usd": usd_string(board.balance_micros),
+            "range": _range_out(request.user, board.days),
+            "series": board.series,
+            "recent_calls": board.recent_logs,
+            "alerts": board.alerts,
+        }
+        context = {"zone": user_zone(request.user)}
+        return Response(self.DashboardOutput(body, context=context).data)
