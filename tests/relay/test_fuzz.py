@@ -7,6 +7,7 @@ relay/validation.py and what reads a body after it (metering, the request log, e
 in process, and over HTTP to a real relay process.
 """
 
+import copy
 import itertools
 import json
 
@@ -211,7 +212,10 @@ def put(body: dict, path: tuple, value: object) -> None:
 def mutated(draw, endpoint: str) -> dict:
     body = draw(well_formed(endpoint))
     for path in draw(st.lists(st.sampled_from(PATHS), min_size=1, max_size=3)):
-        put(body, path, draw(hostile))
+        # A copy: the sampled hostile values are shared objects, and a later path may lead
+        # through one (put() fills containers), which would change it for every later example
+        # or put a list inside itself.
+        put(body, path, copy.deepcopy(draw(hostile)))
     return body
 
 
