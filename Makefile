@@ -53,7 +53,7 @@ test: os-packages-test $(VENV)/.installed-dev $(OIDC_VENV)/.installed
 	exit $$status
 
 # make bench [QUICK=1] [PEER=litellm] [SERVERS=1]: writes bench/results/latest.{json,md,png},
-# then the logs at scale (10 million rows, 1 million with QUICK): bench/results/logs-latest.*
+# then the logs at scale (10 million rows: bench/results/logs-latest.*; QUICK: 1 million, logs-1000000.*)
 LOG_ROWS ?= $(if $(QUICK),1000000,10000000)
 bench: os-packages-bench $(VENV)/.installed-bench
 	$(PY) bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) \

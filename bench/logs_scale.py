@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The logs at scale: fill PostgreSQL with synthetic request logs, then time the Logs page (first
 and next page, every filter), the logs API, the dashboard, the usage page and the CSV export, and
-keep the plans PostgreSQL chose. Writes bench/results/logs-latest.{json,md}.
+keep the plans PostgreSQL chose. Writes bench/results/logs-latest.{json,md}; a run of fewer than
+10 million rows writes logs-N.{json,md} instead, so a short run never replaces the full one.
 
     make bench                 # 10 million rows (after the relay benchmark)
     make bench QUICK=1         # 1 million rows
@@ -28,6 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="TokenByte logs at scale")
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--heavy-share", type=float, default=0.2, help="the measured user's share")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     services = load_services()
@@ -40,7 +42,8 @@ def main() -> int:
         manage(env, "migrate", "--noinput", "-v", "0")
         log(f"filling {args.rows:,} request logs for {args.users:,} users …")
         fill_started = time.monotonic()
-        manage(env, "fill_logs", f"--rows={args.rows}", f"--users={args.users}")
+        manage(env, "fill_logs", f"--rows={args.rows}", f"--users={args.users}",
+               f"--heavy-share={args.heavy_share}")  # fmt: skip
         fill_seconds = time.monotonic() - fill_started
         log(f"filled in {fill_seconds:.0f} s; timing pages …")
         probe = subprocess.run(
@@ -61,8 +64,9 @@ def main() -> int:
         "targets": TARGETS,
         **result,
     }
-    (RESULTS / "logs-latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "logs-latest.md").write_text(markdown(report))
+    name = "logs-latest" if args.rows >= 10_000_000 else f"logs-{args.rows}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(report))
     print(markdown(report).split("\n## Plans")[0])
     return 0 if verdicts(report)["all"] else 1
 

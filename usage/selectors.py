@@ -391,7 +391,7 @@ def usage_breakdown_for_user(
 # scan (see the README for the indexes and plans).
 
 LOG_PAGE_SIZE = 100
-LOG_CSV_CHUNK_ROWS = 5_000
+LOG_CSV_CHUNK_ROWS = 20_000
 
 # The call types the relay logs (its endpoint names), as the filter offers them.
 LOG_CALL_TYPES = {
