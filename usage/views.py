@@ -24,6 +24,7 @@ from usage.selectors import (
     LOG_CALL_TYPES,
     LOG_ERROR_STATUS_FROM,
     LOG_FILTER_PARAMS,
+    LOG_LIST_FIELDS,
     LOG_PAGE_SIZE,
     RANGE_PRESETS,
     SPLITS,
@@ -111,7 +112,7 @@ def log_list(request: HttpRequest) -> HttpResponse:
     error = None
     try:
         filters = log_filters_parse(user=request.user, params=request.GET)
-        logs = request_logs_filtered(user=request.user, filters=filters)
+        logs = request_logs_filtered(user=request.user, filters=filters).only(*LOG_LIST_FIELDS)
         page = request_logs_page(logs, cursor=request.GET.get("cursor", ""))
     except ApplicationError as exc:
         error, filters, page = exc, LogFilters(), LogPage(rows=[], next_cursor=None)

@@ -278,6 +278,37 @@ def test_the_logs_page_shows_its_columns_and_links_the_filtered_csv(owner_client
         assert text in content
 
 
+def test_names_a_client_chose_are_escaped_in_the_rows(owner_client, owner):
+    RequestLogFactory(
+        user=owner,
+        model_id="<b>model</b>",
+        token_name='<script>alert("k")</script>',
+        group_name="a&b",
+        status_code=503,
+    )
+
+    content = owner_client.get("/logs/").content.decode()
+
+    assert "<script>alert" not in content
+    assert "&lt;script&gt;alert(&quot;k&quot;)&lt;/script&gt;" in content
+    assert "<code>&lt;b&gt;model&lt;/b&gt;</code>" in content
+    assert "· a&amp;b</span>" in content
+    assert '<span class="badge badge-bad">503</span>' in content
+
+
+def test_the_logs_page_loads_only_the_columns_it_shows(
+    owner_client, owner, django_assert_num_queries
+):
+    RequestLogFactory(user=owner, request_params={"messages": "x" * 1000}, response_excerpt="y")
+
+    with django_assert_num_queries(5) as queries:
+        owner_client.get("/logs/")
+
+    page_query = next(q["sql"] for q in queries.captured_queries if "usage_requestlog" in q["sql"])
+    assert "request_params" not in page_query
+    assert "response_excerpt" not in page_query
+
+
 def test_the_empty_logs_page_says_how_calls_arrive(owner_client):
     content = owner_client.get("/logs/").content.decode()
 
