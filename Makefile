@@ -7,6 +7,7 @@ OIDC_VENV := .venv-oidc
 SCREENSHOTS := .tmp/screenshots
 HOST ?= 127.0.0.1
 PORT ?= 8000
+STRIPE_PORT ?= 12111
 MOCK_PORT ?= 8001
 
 .PHONY: run test bench bench-logs lint format os-packages-test os-packages-bench
@@ -38,14 +39,18 @@ os-packages-test:
 	@bash scripts/os_packages.sh postgresql:initdb redis-server:redis-server chromium:chromium \
 		fonts-liberation:/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf
 
-# The demo channel points at the bundled mock upstream, started here beside the server.
+# The demo channel points at the bundled mock upstream, and top-ups at the bundled fake Stripe,
+# both started here beside the server.
 run: $(VENV)/.installed-base
 	$(PY) manage.py migrate --noinput
 	MOCK_UPSTREAM_URL=http://127.0.0.1:$(MOCK_PORT)/v1 $(PY) manage.py seed_demo --host $(HOST) --port $(PORT)
 	@echo "Serving on http://$(HOST):$(PORT)/ (relay at /v1, staff admin at /admin/); Ctrl-C stops."
 	@$(PY) manage.py mock_upstream --port $(MOCK_PORT) & mock=$$!; \
-	trap 'kill $$mock 2>/dev/null' EXIT INT TERM; \
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) tokenbyte.asgi:application
+	$(PY) manage.py fake_stripe --port $(STRIPE_PORT) \
+		--webhook-url http://$(HOST):$(PORT)/billing/stripe/webhook/ & stripe=$$!; \
+	trap 'kill $$mock $$stripe 2>/dev/null' EXIT INT TERM; \
+	STRIPE_API_BASE=http://127.0.0.1:$(STRIPE_PORT) \
+		$(VENV)/bin/daphne -b $(HOST) -p $(PORT) tokenbyte.asgi:application
 
 test: os-packages-test $(VENV)/.installed-dev $(OIDC_VENV)/.installed
 	@$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \

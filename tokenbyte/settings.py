@@ -116,6 +116,7 @@ INSTALLED_APPS = [
     "usage",
     "relay",
     "mockupstream",
+    "fakestripe",
     "tasks",
 ]
 

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class FakeStripeConfig(AppConfig):
+    name = "fakestripe"
+    verbose_name = "Fake Stripe server"
