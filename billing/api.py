@@ -5,23 +5,40 @@ amount has its exact USD string beside it (`_usd`, six places).
 """
 
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from billing import payments
 from billing.models import Alert, LedgerEntry, TopUp, Wallet
 from billing.selectors import (
+    RECEIPT_STATUSES,
     alerts_for_user,
     ledger_entries_for_wallet,
+    topup_amount_error,
+    topup_limits_micros,
+    topup_return_urls,
     topups_for_user,
     wallet_for_user,
 )
-from billing.services import alert_mark_read
+from billing.services import (
+    alert_mark_read,
+    wallet_get_or_create,
+    wallet_low_balance_threshold_set,
+)
 from tokenbyte.api import ErrorSerializer, KeysetPagination, Pagination, UsdField
+from tokenbyte.errors import ApplicationError
+from tokenbyte.money import MICROS_PER_USD, format_usd
+
+
+def _get_topup_for_user(user: User, topup_id: int) -> TopUp:
+    """The user's top-up with this id; another user's is a 404, like a missing one."""
+    return get_object_or_404(topups_for_user(user=user), pk=topup_id)
 
 
 def _get_alert_for_user(user: User, alert_id: int) -> Alert:
@@ -53,10 +70,35 @@ class WalletApi(APIView):
         class Meta:
             ref_name = "Wallet"
 
+    class InputSerializer(serializers.Serializer):
+        low_balance_threshold_micros = serializers.IntegerField(
+            allow_null=True,
+            min_value=0,
+            help_text="Alert when the balance drops below this, micro-USD; null turns the "
+            "low-balance alert off.",
+        )
+
+        class Meta:
+            ref_name = "WalletUpdate"
+
     @extend_schema(responses={200: OutputSerializer}, operation_id="wallet_retrieve")
     def get(self, request: Request) -> Response:
         # No credit yet: the first credit creates the wallet; until then it is an empty one.
         wallet = wallet_for_user(user=request.user) or Wallet(user=request.user)
+        return Response(self.OutputSerializer(wallet).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: OutputSerializer, 400: ErrorSerializer},
+        operation_id="wallet_update",
+    )
+    def patch(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        wallet = wallet_for_user(user=request.user) or wallet_get_or_create(user=request.user)
+        wallet = wallet_low_balance_threshold_set(
+            wallet=wallet, threshold_micros=data.validated_data["low_balance_threshold_micros"]
+        )
         return Response(self.OutputSerializer(wallet).data)
 
 
@@ -107,34 +149,158 @@ class LedgerListApi(APIView):
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
+class TopUpOutput(serializers.ModelSerializer):
+    amount_micros = serializers.IntegerField(help_text="Amount paid, micro-USD.")
+    amount_usd = UsdField(source="amount_micros")
+    refunded_micros = serializers.IntegerField(help_text="Refunded so far, micro-USD.")
+    refunded_usd = UsdField(source="refunded_micros")
+    status_detail = serializers.CharField(
+        help_text="Why a top-up failed or expired, in words; empty otherwise."
+    )
+    checkout_url = serializers.SerializerMethodField(
+        help_text="Stripe's payment page, while the top-up is pending: send the payer there."
+    )
+    receipt_number = serializers.CharField(
+        allow_null=True, help_text="Set once paid, like TB-202612-000123."
+    )
+    receipt_url = serializers.SerializerMethodField(
+        help_text="The printable receipt (console page, needs a signed-in session); null "
+        "until paid."
+    )
+    receipt_pdf_url = serializers.SerializerMethodField(
+        help_text="The receipt as a PDF (console, signed-in session); null until paid."
+    )
+
+    class Meta:
+        model = TopUp
+        ref_name = "TopUp"
+        fields = [
+            "id",
+            "status",
+            "status_detail",
+            "amount_micros",
+            "amount_usd",
+            "refunded_micros",
+            "refunded_usd",
+            "checkout_url",
+            "receipt_number",
+            "receipt_url",
+            "receipt_pdf_url",
+            "created_at",
+            "paid_at",
+        ]
+
+    def _absolute(self, path: str) -> str:
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+    def _has_receipt(self, topup: TopUp) -> bool:
+        return topup.status in RECEIPT_STATUSES and bool(topup.receipt_number)
+
+    def get_checkout_url(self, topup: TopUp) -> str | None:
+        if topup.status != TopUp.Status.PENDING or not topup.checkout_url:
+            return None
+        return topup.checkout_url
+
+    def get_receipt_url(self, topup: TopUp) -> str | None:
+        if not self._has_receipt(topup):
+            return None
+        return self._absolute(reverse("topup_receipt", args=[topup.pk]))
+
+    def get_receipt_pdf_url(self, topup: TopUp) -> str | None:
+        if not self._has_receipt(topup):
+            return None
+        return self._absolute(reverse("topup_receipt_pdf", args=[topup.pk]))
+
+
+def _payments_error(exc: ApplicationError) -> ApplicationError:
+    """Stripe out of reach is the server's trouble, not the request's: a 503."""
+    if exc.code == "payments_unavailable":
+        return ApplicationError(exc.message, code=exc.code, extra={**exc.extra, "status": 503})
+    if exc.code == "invalid_amount" and not exc.extra.get("param"):
+        return ApplicationError(
+            exc.message, code=exc.code, extra={**exc.extra, "param": "amount_micros"}
+        )
+    return exc
+
+
 class TopUpListApi(APIView):
-    """Your card top-ups, newest first, with their status and receipt."""
+    """Your card top-ups, newest first, with their status and receipt; or start one: a Stripe
+    Checkout Session of `amount_micros` (or `amount_usd`), in whole cents within the limits.
+    Send the payer to `checkout_url`; the balance is credited when Stripe confirms the payment."""
 
     pagination_class = Pagination
+    OutputSerializer = TopUpOutput
 
-    class OutputSerializer(serializers.ModelSerializer):
-        amount_micros = serializers.IntegerField(help_text="Amount paid, micro-USD.")
-        amount_usd = UsdField(source="amount_micros")
+    class InputSerializer(serializers.Serializer):
+        amount_micros = serializers.IntegerField(
+            required=False, min_value=1, help_text="Amount, micro-USD (whole cents)."
+        )
+        amount_usd = serializers.DecimalField(
+            required=False,
+            max_digits=18,
+            decimal_places=6,
+            help_text='Amount in US dollars ("20.00"), instead of amount_micros.',
+        )
 
         class Meta:
-            model = TopUp
-            ref_name = "TopUp"
-            fields = [
-                "id",
-                "status",
-                "amount_micros",
-                "amount_usd",
-                "receipt_number",
-                "receipt_url",
-                "created_at",
-                "paid_at",
-            ]
+            ref_name = "TopUpCreate"
 
-    @extend_schema(responses={200: OutputSerializer(many=True)}, operation_id="topups_list")
+        def validate(self, attrs: dict) -> dict:
+            if ("amount_micros" in attrs) == ("amount_usd" in attrs):
+                raise serializers.ValidationError("Send either amount_micros or amount_usd.")
+            field = "amount_micros" if "amount_micros" in attrs else "amount_usd"
+            if field == "amount_usd":
+                micros = attrs["amount_usd"] * MICROS_PER_USD
+                attrs["amount_micros"] = int(micros)
+            problem = topup_amount_error(amount_micros=attrs["amount_micros"])
+            if problem:
+                low, high = topup_limits_micros()
+                raise serializers.ValidationError(
+                    {field: f"{problem} (Limits: {format_usd(low)} to {format_usd(high)}.)"}
+                )
+            return attrs
+
+    @extend_schema(responses={200: TopUpOutput(many=True)}, operation_id="topups_list")
     def get(self, request: Request) -> Response:
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(topups_for_user(user=request.user), request, view=self)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        output = TopUpOutput(page, many=True, context={"request": request})
+        return paginator.get_paginated_response(output.data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: TopUpOutput, 400: ErrorSerializer, 503: ErrorSerializer},
+        operation_id="topups_create",
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        base_url = request.build_absolute_uri("/").rstrip("/")
+        success_url, cancel_url = topup_return_urls(base_url=base_url)
+        try:
+            topup = payments.topup_checkout_start(
+                user=request.user,
+                amount_micros=data.validated_data["amount_micros"],
+                success_url=success_url,
+                cancel_url=cancel_url,
+            )
+        except ApplicationError as exc:
+            raise _payments_error(exc) from exc
+        body = TopUpOutput(topup, context={"request": request}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class TopUpDetailApi(APIView):
+    """One of your card top-ups: its status (and why it failed or expired), refunds and
+    receipt links."""
+
+    @extend_schema(
+        responses={200: TopUpOutput, 404: ErrorSerializer}, operation_id="topups_retrieve"
+    )
+    def get(self, request: Request, topup_id: int) -> Response:
+        topup = _get_topup_for_user(request.user, topup_id)
+        return Response(TopUpOutput(topup, context={"request": request}).data)
 
 
 class AlertOutput(serializers.ModelSerializer):

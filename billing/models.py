@@ -25,11 +25,15 @@ class Wallet(models.Model):
     # Set when the low-balance alert fired; a credit that lifts the balance back to the threshold
     # clears it, so the alert fires once per crossing.
     low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
+    # What a refund took back beyond the balance (the credit was already spent): the balance
+    # never goes below zero, so the shortfall waits here and the next top-ups pay it first.
+    debt_micros = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(balance_micros__gte=0), name="wallet_balance_gte_0"),
+            models.CheckConstraint(condition=Q(debt_micros__gte=0), name="wallet_debt_gte_0"),
             models.CheckConstraint(
                 condition=Q(held_micros__gte=0) & Q(held_micros__lte=F("balance_micros")),
                 name="wallet_held_within_balance",
@@ -160,6 +164,12 @@ class TopUp(models.Model):
         max_length=255, unique=True, null=True, blank=True
     )
     stripe_payment_intent_id = models.CharField(max_length=255, blank=True)
+    # Where the payer completes (or resumes) the payment, while the session is open.
+    checkout_url = models.URLField(max_length=1000, blank=True)
+    # Why a top-up failed or expired, in words for the owner and staff.
+    status_detail = models.CharField(max_length=255, blank=True)
+    # Sum of the refunds so far (micro-USD); status becomes refunded when it reaches the amount.
+    refunded_micros = models.BigIntegerField(default=0)
     receipt_number = models.CharField(max_length=40, unique=True, null=True, blank=True)
     receipt_url = models.URLField(blank=True)
     receipt_emailed_at = models.DateTimeField(null=True, blank=True)
@@ -173,10 +183,78 @@ class TopUp(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(condition=Q(amount_micros__gt=0), name="topup_amount_gt_0"),
+            models.CheckConstraint(
+                condition=Q(refunded_micros__gte=0) & Q(refunded_micros__lte=F("amount_micros")),
+                name="topup_refunded_within_amount",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"Top-up {self.pk} of {self.amount_micros} ({self.status})"
+
+    @property
+    def refundable_micros(self) -> int:
+        """What may still be refunded: a paid top-up stays paid through partial refunds."""
+        return self.amount_micros - self.refunded_micros if self.status == self.Status.PAID else 0
+
+
+class TopUpRefund(models.Model):
+    """One Stripe refund of a top-up, however it started (staff in the admin, or Stripe's
+    dashboard, arriving as charge.refunded): the Stripe refund id makes it count once."""
+
+    topup = models.ForeignKey(TopUp, on_delete=models.PROTECT, related_name="refunds")
+    stripe_refund_id = models.CharField(max_length=255, unique=True)
+    amount_micros = models.BigIntegerField()
+    # Of the amount: what the balance gave back (one refund ledger entry), and what it could not
+    # (the credit was spent), added to the wallet's debt.
+    debited_micros = models.BigIntegerField()
+    debt_micros = models.BigIntegerField()
+    ledger_entry = models.OneToOneField(
+        LedgerEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="topup_refund"
+    )
+    reason = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_micros__gt=0)
+                & Q(debited_micros__gte=0)
+                & Q(debt_micros__gte=0)
+                & Q(amount_micros=F("debited_micros") + F("debt_micros")),
+                name="topup_refund_parts",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Refund {self.stripe_refund_id} of {self.amount_micros}"
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event this platform processed. The row is written in the same
+    transaction as the event's effects, so a stored event is a processed one, and a replay
+    (same id) finds it and does nothing."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    # The object the event is about: the Checkout Session (cs_…) or the charge (ch_…).
+    object_id = models.CharField(max_length=255, blank=True)
+    # What processing concluded, for staff: "credited", "closed: expired", "ignored: …".
+    outcome = models.CharField(max_length=255)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(help_text="When Stripe created the event.")
+    processed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-processed_at", "-id"]
+        indexes = [models.Index(fields=["object_id"], name="stripe_event_object")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
 
 
 class Alert(models.Model):

@@ -1,7 +1,19 @@
+import csv
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.conf import settings
 from django.db.models import QuerySet, Sum
+from django.urls import reverse
 
 from accounts.models import User
 from billing.models import Alert, LedgerEntry, TopUp, Wallet
+from tokenbyte.errors import ApplicationError
+from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
+from tokenbyte.money import MICROS_PER_USD, format_usd
 
 
 def wallet_ledger_sum_micros(*, wallet: Wallet) -> int:
@@ -37,3 +49,242 @@ def ledger_entries_for_wallet(*, wallet: Wallet) -> QuerySet[LedgerEntry]:
 def topups_for_user(*, user: User) -> QuerySet[TopUp]:
     """The user's card top-ups, newest first."""
     return TopUp.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+# --- card top-ups --------------------------------------------------------------------------------
+
+
+def _usd_setting_micros(name: str) -> int:
+    """A USD amount setting ("5", "10000", "12.50") in micro-USD, read with Decimal."""
+    try:
+        value = Decimal(str(getattr(settings, name)).strip())
+    except InvalidOperation:
+        raise ApplicationError(f"settings.{name} is not a USD amount") from None
+    return int(value * MICROS_PER_USD)
+
+
+def topup_limits_micros() -> tuple[int, int]:
+    """The smallest and the largest card top-up (TOPUP_MIN_USD, TOPUP_MAX_USD), micro-USD."""
+    return _usd_setting_micros("TOPUP_MIN_USD"), _usd_setting_micros("TOPUP_MAX_USD")
+
+
+def topup_presets_micros() -> list[int]:
+    """The wallet page's preset amounts (TOPUP_PRESETS_USD, comma-separated), micro-USD, in
+    their order; presets outside the top-up limits are left out."""
+    low, high = topup_limits_micros()
+    presets = []
+    for part in str(settings.TOPUP_PRESETS_USD).split(","):
+        if not part.strip():
+            continue
+        try:
+            micros = int(Decimal(part.strip()) * MICROS_PER_USD)
+        except InvalidOperation:
+            raise ApplicationError(
+                f"settings.TOPUP_PRESETS_USD: {part!r} is not an amount"
+            ) from None
+        if low <= micros <= high and micros not in presets:
+            presets.append(micros)
+    return presets
+
+
+# Card amounts are whole cents: Stripe charges in cents.
+MICROS_PER_CENT = MICROS_PER_USD // 100
+
+
+def topup_amount_error(*, amount_micros: int) -> str | None:
+    """Why a top-up of this amount cannot be made (in words for the payer), or None.
+
+    The same rules topup_checkout_start enforces; the form and the API check first so that the
+    payer reads the limits in the answer."""
+    low, high = topup_limits_micros()
+    if amount_micros % MICROS_PER_CENT:
+        return "Enter whole cents, at most 2 decimals (for example 25.50)."
+    if amount_micros < low:
+        return f"The smallest top-up is {format_usd(low)}."
+    if amount_micros > high:
+        return f"The largest top-up is {format_usd(high)}."
+    return None
+
+
+def topup_return_urls(*, base_url: str) -> tuple[str, str]:
+    """Where Stripe Checkout sends the payer back (success, cancel), on the console at
+    base_url ("https://host"). Stripe replaces the placeholder with the session id: the
+    TopUp's own id is not known before the session exists."""
+    session = "?session_id={CHECKOUT_SESSION_ID}"
+    return (
+        base_url + reverse("topup_success") + session,
+        base_url + reverse("topup_cancel") + session,
+    )
+
+
+# A top-up with a receipt: paid, or paid and then refunded in full.
+RECEIPT_STATUSES = (TopUp.Status.PAID, TopUp.Status.REFUNDED)
+
+
+def topup_receipts_for_user(*, user: User) -> QuerySet[TopUp]:
+    """The user's top-ups that have a receipt (paid or refunded), with the payer loaded."""
+    return (
+        topups_for_user(user=user)
+        .filter(status__in=RECEIPT_STATUSES, receipt_number__isnull=False)
+        .select_related("user")
+    )
+
+
+# --- the ledger: filters, pages, CSV -------------------------------------------------------------
+
+LEDGER_PAGE_SIZE = 100
+# GET parameters of the ledger filters (the page and the CSV link share them).
+LEDGER_FILTER_PARAMS = ("kind", "from", "to")
+
+
+@dataclass(frozen=True)
+class LedgerFilters:
+    kind: str = ""
+    # Both aware; `since` is inclusive, `until` exclusive.
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self != LedgerFilters()
+
+
+def _zone_of(user: User) -> ZoneInfo:
+    try:
+        return ZoneInfo(user.time_zone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _ledger_filter_error(param: str, message: str) -> ApplicationError:
+    return ApplicationError(message, code="invalid_filter", extra={"param": param})
+
+
+def _ledger_time(*, param: str, value: str, zone: ZoneInfo, end: bool) -> datetime:
+    """A date (or date-time) in the user's zone, as the logs' filters read it: a bare date is
+    the start of that day for `from` and the end of it (the next midnight) for `to`."""
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            parsed = datetime.combine(day + timedelta(days=1 if end else 0), time.min)
+        else:
+            parsed = datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        raise _ledger_filter_error(
+            param, f"'{value}' is not a date (use 2026-12-01, or 2026-12-01T14:30 for a time)."
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed
+
+
+def ledger_filters_parse(*, user: User, params: Mapping[str, str]) -> LedgerFilters:
+    """The ledger filters of a query string; empty values are unset. Dates are days in the
+    user's time zone, `to` included. Raises ApplicationError(code="invalid_filter", param=…)."""
+    values = {name: str(params.get(name) or "").strip() for name in LEDGER_FILTER_PARAMS}
+    if values["kind"] and values["kind"] not in LedgerEntry.Kind.values:
+        kinds = ", ".join(LedgerEntry.Kind.values)
+        raise _ledger_filter_error("kind", f"kind is one of {kinds}.")
+    zone = _zone_of(user)
+    since = until = None
+    if values["from"]:
+        since = _ledger_time(param="from", value=values["from"], zone=zone, end=False)
+    if values["to"]:
+        until = _ledger_time(param="to", value=values["to"], zone=zone, end=True)
+    if since and until and since >= until:
+        raise _ledger_filter_error("to", "'Until' must not be before 'From'.")
+    return LedgerFilters(kind=values["kind"], since=since, until=until)
+
+
+def ledger_entries_filtered(*, wallet: Wallet, filters: LedgerFilters) -> QuerySet[LedgerEntry]:
+    """The wallet's entries that pass the filters, newest first (the ledger_wallet_created
+    index), with the staff user who made each manual entry."""
+    entries = ledger_entries_for_wallet(wallet=wallet).select_related("created_by")
+    if filters.kind:
+        entries = entries.filter(kind=filters.kind)
+    if filters.since is not None:
+        entries = entries.filter(created_at__gte=filters.since)
+    if filters.until is not None:
+        entries = entries.filter(created_at__lt=filters.until)
+    return entries
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    rows: list[LedgerEntry]
+    # The cursor of the page after this one; None on the last page.
+    next_cursor: str | None
+
+
+def ledger_page(
+    entries: QuerySet[LedgerEntry], *, cursor: str = "", size: int = LEDGER_PAGE_SIZE
+) -> LedgerPage:
+    """One page of `ledger_entries_filtered(...)` after the cursor, in one query (keyset:
+    a page deep in a long ledger costs what the first one does)."""
+    if cursor:
+        when, pk = cursor_decode(cursor)
+        entries = rows_after(entries, when=when, pk=pk)
+    rows = list(entries[: size + 1])
+    if len(rows) <= size:
+        return LedgerPage(rows=rows, next_cursor=None)
+    rows = rows[:size]
+    return LedgerPage(
+        rows=rows, next_cursor=cursor_encode(when=rows[-1].created_at, pk=rows[-1].pk)
+    )
+
+
+LEDGER_CSV_COLUMNS = [
+    "time",
+    "kind",
+    "description",
+    "reference",
+    "amount_usd",
+    "balance_after_usd",
+    "created_by",
+]
+
+
+class _Line:
+    """csv.writer's file: hands back the one line it was given."""
+
+    def write(self, text: str) -> str:
+        return text
+
+
+def _csv_cell(value: str) -> str:
+    """Text a spreadsheet will not run as a formula."""
+    return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _usd_exact(micros: int) -> str:
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def ledger_csv(*, user: User, wallet: Wallet | None, filters: LedgerFilters) -> Iterator[str]:
+    """The filtered ledger as CSV lines, header first: time in the user's zone (ISO 8601 with
+    its offset), kind, description, reference, exact USD amounts, and the staff email of a
+    manual entry. A ledger is small next to the logs: one query, read in chunks."""
+    writer = csv.writer(_Line(), lineterminator="\n")
+    yield writer.writerow(LEDGER_CSV_COLUMNS)
+    if wallet is None:
+        return
+    zone = _zone_of(user)
+    entries = ledger_entries_filtered(wallet=wallet, filters=filters)
+    for entry in entries.iterator(chunk_size=2000):
+        yield writer.writerow(
+            [
+                entry.created_at.astimezone(zone).isoformat(timespec="seconds"),
+                entry.kind,
+                _csv_cell(entry.description),
+                _csv_cell(entry.reference),
+                _usd_exact(entry.amount_micros),
+                _usd_exact(entry.balance_after_micros),
+                entry.created_by.email if entry.created_by else "",
+            ]
+        )
+
+
+def ledger_csv_filename(*, user: User, now: datetime) -> str:
+    return f"tokenbyte-ledger-{now.astimezone(_zone_of(user)):%Y%m%d-%H%M%S}.csv"

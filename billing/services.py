@@ -140,6 +140,42 @@ def credit_grant(
     return entry
 
 
+def wallet_adjust(
+    *,
+    wallet: Wallet,
+    amount_micros: int,
+    reason: str,
+    staff: User,
+    idempotency_key: str | None = None,
+) -> LedgerEntry:
+    """Staff correct a balance, up or down, with a reason; the entry names them."""
+    reason = reason.strip()
+    if not reason:
+        raise ApplicationError("An adjustment needs a reason.", code="invalid")
+    entry, _ = ledger_post(
+        wallet=wallet,
+        kind=LedgerEntry.Kind.ADJUSTMENT,
+        amount_micros=amount_micros,
+        idempotency_key=idempotency_key or f"adjust:{uuid.uuid4().hex}",
+        description=reason,
+        created_by=staff,
+    )
+    return entry
+
+
+def wallet_low_balance_threshold_set(*, wallet: Wallet, threshold_micros: int | None) -> Wallet:
+    """Set (or, with None, turn off) the balance below which the owner is alerted. A new
+    threshold re-arms the alert, so a balance already under it alerts on the next debit."""
+    if threshold_micros is not None and threshold_micros < 0:
+        raise ApplicationError(
+            "The threshold cannot be negative.", code="invalid", extra={"param": "threshold"}
+        )
+    wallet.low_balance_threshold_micros = threshold_micros
+    wallet.low_balance_alerted_at = None
+    wallet.save(update_fields=["low_balance_threshold_micros", "low_balance_alerted_at"])
+    return wallet
+
+
 def signup_credit_grant(*, user: User) -> LedgerEntry | None:
     """The credit a new account starts with (SIGNUP_CREDIT_USD), granted once per user whatever
     the sign-up path: the ledger's idempotency key is the user's."""

@@ -1,6 +1,7 @@
 """Celery tasks: take ids, are safe to run twice, call one service each."""
 
 from accounts.services import playground_keys_delete_expired
+from billing.receipts import topup_receipt_email_send
 from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
 from catalog.services import channels_probe_disabled
 from tokenbyte.celery import app
@@ -46,3 +47,17 @@ def delete_expired_playground_keys() -> int:
 )
 def send_alert_email(alert_id: int) -> bool:
     return alert_email_send(alert_id=alert_id)
+
+
+@app.task(
+    time_limit=60,
+    soft_time_limit=50,
+    # Like the alert emails: SMTP trouble (all OSError) is retried a few times, spaced out; the
+    # receipt stays unsent (receipt_emailed_at empty) until one succeeds.
+    autoretry_for=(OSError,),
+    retry_backoff=30,
+    max_retries=5,
+)
+def send_topup_receipt(topup_id: int) -> bool:
+    """After a top-up is credited: email its receipt (with the PDF) to the payer, once."""
+    return topup_receipt_email_send(topup_id=topup_id)

@@ -15,7 +15,7 @@ from accounts.models import (
     User,
 )
 from accounts.services import ACCESS_TOKEN_DISPLAY_LENGTH, ACCESS_TOKEN_PREFIX, api_key_digest
-from billing.models import Alert, Hold, TopUp, Wallet
+from billing.models import Alert, Hold, TopUp, TopUpRefund, Wallet
 from catalog.models import Channel, Model, Provider
 from tasks.models import AsyncTask
 from usage.models import RequestLog, UsageRollup
@@ -158,6 +158,31 @@ class TopUpFactory(factory.django.DjangoModelFactory):
     wallet = factory.SubFactory(WalletFactory)
     user = factory.SelfAttribute("wallet.user")
     amount_micros = 10_000_000
+
+
+class PaidTopUpFactory(TopUpFactory):
+    """A top-up as the webhook's credit step leaves it: paid, with a receipt number and the
+    Stripe ids (the wallet's ledger and balance are not moved: post the credit with
+    billing.services.ledger_post when the test needs it)."""
+
+    status = TopUp.Status.PAID
+    stripe_checkout_session_id = factory.Sequence(lambda n: f"cs_test_paid_{n:06d}")
+    stripe_payment_intent_id = factory.Sequence(lambda n: f"pi_test_paid_{n:06d}")
+    receipt_number = factory.Sequence(lambda n: f"TB-202612-{n + 1:06d}")
+    paid_at = factory.LazyFunction(timezone.now)
+
+
+class TopUpRefundFactory(factory.django.DjangoModelFactory):
+    """A refund row only: the top-up's refunded_micros and the ledger are not moved."""
+
+    class Meta:
+        model = TopUpRefund
+
+    topup = factory.SubFactory(PaidTopUpFactory)
+    stripe_refund_id = factory.Sequence(lambda n: f"re_test_{n:06d}")
+    amount_micros = 5_000_000
+    debited_micros = factory.SelfAttribute("amount_micros")
+    debt_micros = 0
 
 
 class AlertFactory(factory.django.DjangoModelFactory):

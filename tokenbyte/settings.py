@@ -84,6 +84,8 @@ ALLOWED_HOSTS = envlist("ALLOWED_HOSTS") or (
 )
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 SITE_URL = env("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# The name receipts and their emails are issued in.
+SITE_NAME = env("SITE_NAME", "TokenByte")
 # Lifetime of the short-lived relay key the console's playground gets for the browser.
 PLAYGROUND_KEY_TTL_SECONDS = envint("PLAYGROUND_KEY_TTL_SECONDS", "3600")
 
@@ -324,6 +326,11 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "TokenByte <noreply@tokenbyte.loc
 STRIPE_SECRET_KEY = _require("STRIPE_SECRET_KEY", "sk_test_embedded_fake")
 STRIPE_WEBHOOK_SECRET = _require("STRIPE_WEBHOOK_SECRET", "whsec_embedded_fake")
 STRIPE_API_BASE = env("STRIPE_API_BASE", "" if not DEBUG else "http://127.0.0.1:12111")
+# Card top-ups: USD amounts as decimal strings (parsed with Decimal where used, never float).
+TOPUP_MIN_USD = env("TOPUP_MIN_USD", "5")
+TOPUP_MAX_USD = env("TOPUP_MAX_USD", "10000")
+# The wallet page's preset buttons, comma-separated.
+TOPUP_PRESETS_USD = env("TOPUP_PRESETS_USD", "10,20,50,100")
 
 
 def _embedded_fernet_key() -> str:

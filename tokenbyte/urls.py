@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.urls import api_urlpatterns as accounts_api
 from billing.urls import api_urlpatterns as billing_api
+from billing.webhooks import stripe_webhook
 from catalog.urls import api_urlpatterns as catalog_api
 from tasks.urls import api_urlpatterns as tasks_api
 from tokenbyte.views import home
@@ -23,6 +24,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("api/", include(api_urlpatterns)),
+    path("billing/stripe/webhook/", stripe_webhook, name="stripe_webhook"),
     path("", home, name="home"),
     path("", include("usage.urls")),
     path("", include("accounts.urls")),

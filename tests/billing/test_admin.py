@@ -20,17 +20,15 @@ def messages_of(response) -> list[str]:
     return [m.message for m in get_messages(response.wsgi_request)]
 
 
-def open_grant_page(client, *wallets):
-    return client.post(
-        WALLETS, {"action": "grant_credit", "_selected_action": [w.pk for w in wallets]}
-    )
+def open_grant_page(client, *wallets, action: str = "grant_credit"):
+    return client.post(WALLETS, {"action": action, "_selected_action": [w.pk for w in wallets]})
 
 
 def submit_grant(client, page, **fields):
     """Submit the grant page's form as a browser would: its hidden fields plus the typed ones."""
     form = page.context["form"]
     data = {
-        "action": "grant_credit",
+        "action": page.context["action"],
         "select_across": "0",
         "_selected_action": page.context["selected_ids"],
         "grant_id": str(form["grant_id"].value()),
@@ -220,3 +218,36 @@ def test_the_bulk_delete_action_is_not_offered_on_ledgers_and_holds(staff_client
     html = staff_client.get(url_of(model, "changelist")).content.decode()
 
     assert "delete_selected" not in html
+
+
+def test_adjust_balance_moves_it_either_way_under_the_staff_name(staff_client, staff_user):
+    wallet = WalletFactory(user__email="ann@example.com")
+    credit_grant(wallet=wallet, amount_micros=10_000_000, reason="start")
+    page = open_grant_page(staff_client, wallet, action="adjust_balance")
+    assert "Wallet of ann@example.com (balance $10.00)" in page.content.decode()
+
+    response = submit_grant(staff_client, page, amount_usd="-2.5", reason="double-billed call")
+
+    assert messages_of(response) == ["Adjusted 1 wallet by -$2.50."]
+    entry = LedgerEntry.objects.get(kind="adjustment")
+    assert (entry.amount_micros, entry.balance_after_micros) == (-2_500_000, 7_500_000)
+    assert (entry.description, entry.created_by) == ("double-billed call", staff_user)
+    resubmitted = submit_grant(staff_client, page, amount_usd="-2.5", reason="double-billed call")
+    assert resubmitted.status_code == 302
+    assert LedgerEntry.objects.filter(kind="adjustment").count() == 1
+
+
+def test_an_adjustment_cannot_take_what_calls_in_flight_hold(staff_client):
+    wallet = WalletFactory(user__email="ann@example.com")
+    credit_grant(wallet=wallet, amount_micros=3_000_000, reason="start")
+    HoldFactory(wallet=wallet, amount_micros=2_000_000)
+    Wallet.objects.filter(pk=wallet.pk).update(held_micros=2_000_000)
+    page = open_grant_page(staff_client, wallet, action="adjust_balance")
+
+    response = submit_grant(staff_client, page, amount_usd="-1.5", reason="too much")
+
+    assert messages_of(response) == [
+        "Wallet of ann@example.com: insufficient balance for this debit"
+    ]
+    wallet.refresh_from_db()
+    assert wallet.balance_micros == 3_000_000

@@ -24,6 +24,8 @@ from tests.factories import (
     PersonalAccessTokenFactory,
     RequestLogFactory,
     TokenGroupFactory,
+    TopUpFactory,
+    WalletFactory,
 )
 from tokenbyte.api import KeysetPagination
 from tokenbyte.keyset import cursor_decode
@@ -278,6 +280,7 @@ OWNED_KINDS = {
     "keys": lambda owner: ApiTokenFactory(owner=owner),
     "logs": lambda owner: RequestLogFactory(user=owner),
     "tasks": lambda owner: AsyncTaskFactory(user=owner),
+    "topups": lambda owner: TopUpFactory(wallet=WalletFactory(user=owner)),
 }
 PATH_ID = {"logs": "request_id", "tasks": "public_id"}
 # Detail paths of objects nobody owns: the catalog's models are the same for every user.
