@@ -81,7 +81,8 @@ def topup_checkout_start(
     """A pending TopUp and its Stripe Checkout Session; send the payer to `topup.checkout_url`.
 
     The TopUp is written first, so the session carries its id (client_reference_id and
-    metadata) and the create call its idempotency key: a retried create gets the same session.
+    metadata, and `topup=<id>` added to cancel_url, where Stripe fills in no session id) and the
+    create call its idempotency key: a retried create gets the same session.
     Payment methods are not listed: Checkout offers what the Stripe account has switched on
     (cards, Google Pay, Apple Pay, Link).
     """
@@ -107,7 +108,7 @@ def topup_checkout_start(
         "payment_intent_data": {"metadata": metadata},
         "customer_email": user.email,
         "success_url": success_url,
-        "cancel_url": cancel_url,
+        "cancel_url": f"{cancel_url}{'&' if '?' in cancel_url else '?'}topup={topup.pk}",
     }
     try:
         session = stripe_client().v1.checkout.sessions.create(

@@ -108,12 +108,11 @@ def topup_amount_error(*, amount_micros: int) -> str | None:
 
 def topup_return_urls(*, base_url: str) -> tuple[str, str]:
     """Where Stripe Checkout sends the payer back (success, cancel), on the console at
-    base_url ("https://host"). Stripe replaces the placeholder with the session id: the
-    TopUp's own id is not known before the session exists."""
-    session = "?session_id={CHECKOUT_SESSION_ID}"
+    base_url ("https://host"). Stripe fills the success URL's placeholder with the session id;
+    it fills nothing in the cancel URL, to which topup_checkout_start adds the TopUp's id."""
     return (
-        base_url + reverse("topup_success") + session,
-        base_url + reverse("topup_cancel") + session,
+        base_url + reverse("topup_success") + "?session_id={CHECKOUT_SESSION_ID}",
+        base_url + reverse("topup_cancel"),
     )
 
 

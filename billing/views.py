@@ -234,7 +234,10 @@ def topup_success(request: HttpRequest) -> HttpResponse:
 def topup_cancel(request: HttpRequest) -> HttpResponse:
     """Where Stripe sends a payer who went back without paying: the session is closed, so a
     later click on the old payment page cannot charge."""
-    topup = _get_topup_for_user(request.user, session_id=request.GET.get("session_id", ""))
+    topup_id = request.GET.get("topup", "")
+    if not topup_id.isdigit():
+        raise Http404("No such top-up.")
+    topup = _get_topup_for_user(request.user, topup_id=int(topup_id))
     cancel_error = ""
     if topup.status == TopUp.Status.PENDING:
         try:

@@ -26,7 +26,7 @@ SECRET = "whsec_topups"
 WEBHOOK = "/billing/stripe/webhook/"
 TWENTY = 20_000_000
 SUCCESS = "http://testserver/wallet/topup/success/?session_id={CHECKOUT_SESSION_ID}"
-CANCEL = "http://testserver/wallet/topup/cancel/?session_id={CHECKOUT_SESSION_ID}"
+CANCEL = "http://testserver/wallet/topup/cancel/"
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,7 @@ def test_a_checkout_session_carries_the_top_up_and_its_exact_amount(fake, user):
     assert session["metadata"] == {"topup_id": str(topup.pk), "user_id": str(user.pk)}
     assert session["customer_email"] == "payer@example.com"
     assert session["success_url"] == SUCCESS
+    assert session["cancel_url"] == f"{CANCEL}?topup={topup.pk}"
 
 
 @pytest.mark.parametrize(

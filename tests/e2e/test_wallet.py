@@ -57,7 +57,7 @@ def owner(transactional_db):
         checkout_url="https://checkout.example/c/pay/cs_test_e2e_open",
         created_at=timezone.now() - timedelta(minutes=5),
     )
-    TopUpFactory(
+    expired = TopUpFactory(
         wallet=wallet,
         amount_micros=10_000_000,
         status=TopUp.Status.EXPIRED,
@@ -65,7 +65,7 @@ def owner(transactional_db):
         status_detail="Cancelled at checkout; nothing was charged.",
         created_at=timezone.now() - timedelta(days=1),
     )
-    return {"user": user, "email": user.email, "paid": paid}
+    return {"user": user, "email": user.email, "paid": paid, "expired": expired}
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ def test_the_result_pages_say_what_happened(page, site, owner):
     expect(page.get_by_role("link", name="TB-202612-000101")).to_be_visible()
     shoot(page, "wallet-topup-success")
 
-    page.goto("/wallet/topup/cancel/?session_id=cs_test_e2e_expired")
+    page.goto(f"/wallet/topup/cancel/?topup={owner['expired'].pk}")
     expect(page.locator("#topup-state")).to_have_text("Top-up cancelled; nothing was charged.")
     shoot(page, "wallet-topup-cancel")
     page.get_by_role("link", name="Back to the wallet").click()
