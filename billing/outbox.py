@@ -44,6 +44,8 @@ def _decode(data: bytes) -> CallCharge:
     fields["now"] = datetime.fromisoformat(fields["now"])
     log = fields["log"]
     log["created_at"] = datetime.fromisoformat(log["created_at"])
+    # A file written before the column existed: the settlement's SQL needs every column.
+    log.setdefault("cache_write_tokens", 0)
     return CallCharge(**fields)
 
 

@@ -49,8 +49,15 @@ class Model(models.Model):
     output_price_micros_per_mtok = models.BigIntegerField(default=0)
     # micro-USD per 1M prompt tokens served from the provider's prompt cache; null = input price.
     cached_input_price_micros_per_mtok = models.BigIntegerField(null=True, blank=True)
+    # Writing the provider's prompt cache (Anthropic's cache_creation_input_tokens), per 1M
+    # tokens; null = the input price.
+    cache_write_price_micros_per_mtok = models.BigIntegerField(null=True, blank=True)
     # micro-USD per request / image / second / 1M characters for non-token models.
     unit_price_micros = models.BigIntegerField(default=0)
+    # Per-unit prices that depend on the request, by variant key (images: "<size>" or
+    # "<size>/<quality>", e.g. {"1024x1024": 40000, "1024x1024/hd": 80000}); a variant not listed
+    # costs unit_price_micros.
+    unit_price_variants = models.JSONField(default=dict, blank=True)
     # Tags such as "vision", "tools", "streaming", "json", "reasoning".
     capabilities = models.JSONField(default=list, blank=True)
     enabled = models.BooleanField(default=True)

@@ -184,6 +184,7 @@ def log_row(outcome: "Outcome", now: datetime) -> dict:
         "prompt_tokens": outcome.usage.prompt_tokens,
         "completion_tokens": outcome.usage.completion_tokens,
         "cached_tokens": outcome.usage.cached_tokens,
+        "cache_write_tokens": 0,
         "channel_id": outcome.channel_id,
         "channel_name": outcome.channel_name,
         "attempts": outcome.attempts,

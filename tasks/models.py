@@ -33,6 +33,14 @@ class AsyncTask(models.Model):
     # micro-USD charged when the job succeeded.
     cost_micros = models.BigIntegerField(default=0)
     request_id = models.CharField(max_length=64, blank=True)
+    # The client's Idempotency-Key: a retried submit with the same key returns this task.
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    # The job's output, stored through Django's storage API, served by signed expiring URLs.
+    media = models.FileField(upload_to="tasks/%Y/%m/%d/", blank=True)
+    media_content_type = models.CharField(max_length=100, blank=True)
+    media_expires_at = models.DateTimeField(null=True, blank=True)
+    # Past this, a job still queued or running is failed and its hold released.
+    deadline_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -43,6 +51,11 @@ class AsyncTask(models.Model):
         indexes = [models.Index(fields=["user", "-created_at"], name="task_user_created")]
         constraints = [
             models.CheckConstraint(condition=Q(cost_micros__gte=0), name="task_cost_gte_0"),
+            models.UniqueConstraint(
+                fields=["api_token", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="task_idempotency_key_per_key",
+            ),
         ]
 
     def __str__(self) -> str:

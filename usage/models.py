@@ -45,6 +45,8 @@ class RequestLog(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
+    # Prompt tokens written to the provider's prompt cache (priced at the cache-write price).
+    cache_write_tokens = models.PositiveIntegerField(default=0, db_default=0)
     # micro-USD actually debited for this call.
     cost_micros = models.BigIntegerField(default=0)
     channel = models.ForeignKey(

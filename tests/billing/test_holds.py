@@ -109,6 +109,7 @@ def charge_for(request_id, wallet, token, hold_micros, cost, used, *, held=True)
             "call_type": "chat.completions", "endpoint": "chat.completions", "is_stream": False,
             "status_code": 200, "duration_ms": 5, "ttft_ms": None, "prompt_tokens": 10,
             "completion_tokens": used - 10 if used > 10 else 0, "cached_tokens": 0,
+            "cache_write_tokens": 0,
             "channel_id": None, "channel_name": "", "attempts": 1, "error_code": "",
             "error_message": "", "client_ip": None, "request_params": {},
             "response_excerpt": "",
