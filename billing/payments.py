@@ -351,11 +351,9 @@ def _topup_close(*, session_id: str, status: str, detail: str) -> str:
 def _queue_receipt(topup_id: int) -> None:
     # By name, after the commit, like the alert emails: a broker that is down leaves the receipt
     # unsent (receipt_emailed_at empty) rather than failing the webhook after the credit.
-    from tokenbyte.celery import app
+    from tokenbyte.celery import task_queue
 
-    transaction.on_commit(
-        lambda: app.signature(SEND_RECEIPT, args=(topup_id,)).delay(), robust=True
-    )
+    transaction.on_commit(lambda: task_queue(SEND_RECEIPT, topup_id), robust=True)
 
 
 # --- refunds and debt ---

@@ -800,15 +800,13 @@ SEND_ALERT_EMAIL = "tasks.tasks.send_alert_email"
 def _queue_alert_emails(alerts: list[Alert]) -> None:
     # Queued by name: tasks import their services, never the other way round. The Celery app
     # is loaded only here (a relay process has no use for it until an alert fires).
-    from tokenbyte.celery import app
+    from tokenbyte.celery import task_queue
 
     for alert in alerts:
         # After the commit: the worker must find the row, and a rolled-back alert sends nothing.
         # Robust: a broker that is down is logged and leaves the alert unsent (emailed_at empty)
         # rather than failing the caller after its alerts are committed.
-        transaction.on_commit(
-            lambda pk=alert.pk: app.signature(SEND_ALERT_EMAIL, args=(pk,)).delay(), robust=True
-        )
+        transaction.on_commit(lambda pk=alert.pk: task_queue(SEND_ALERT_EMAIL, pk), robust=True)
 
 
 # The User field that switches each kind of alert email on and off (Profile).
