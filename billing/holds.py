@@ -93,12 +93,41 @@ class Prices(Protocol):
     output_price: int  # micro-USD per 1M tokens
 
 
+class CachePrices(Prices, Protocol):
+    cache_write_price: int  # micro-USD per 1M prompt tokens written to the provider's cache
+
+
+@dataclass(frozen=True, slots=True)
+class CacheWritingPrices:
+    """The hold's prices for a call that may write the provider's prompt cache: any prompt
+    token may be a cache write, so the prompt is held at the dearer of the two prices."""
+
+    input_price: int
+    output_price: int
+
+
+def prices_with_cache_writes(prices: CachePrices) -> Prices:
+    if prices.cache_write_price <= prices.input_price:
+        return prices
+    return CacheWritingPrices(prices.cache_write_price, prices.output_price)
+
+
 def hold_micros_for(prices: Prices, prompt_tokens: int, output_tokens: int) -> int:
     """Worst-case cost, micro-USD, of a call with this prompt and this many output tokens."""
     return ceil_div(
         prompt_tokens * prices.input_price + output_tokens * prices.output_price,
         TOKENS_PER_PRICE_UNIT,
     )
+
+
+def hold_micros_for_units(unit_price_micros: int, units: int, units_per_price: int = 1) -> int:
+    """Cost, micro-USD, of `units` of a unit-priced call (images, seconds, characters, requests).
+
+    `unit_price_micros` is the price of `units_per_price` units: 1 for a price per image or
+    request, 1_000 when seconds are counted in milliseconds, 1_000_000 for a price per 1M
+    characters. Rounded up, as every cost is.
+    """
+    return ceil_div(units * unit_price_micros, units_per_price)
 
 
 def affordable_output_tokens(prices: Prices, prompt_tokens: int, budget_micros: int, n: int) -> int:
@@ -123,6 +152,9 @@ class HoldRequest:
     n: int
     default_max_tokens: int
     has_output: bool = True
+    # Unit-priced calls (media): the worst case, already priced (hold_micros_for_units); the
+    # token fields are then what the call counts against token quotas (0 for most media).
+    fixed_micros: int | None = None
 
     @property
     def needs_budget(self) -> bool:
@@ -246,11 +278,14 @@ def budget_from(key: HoldKey, row: tuple | None) -> Budget:
     )
 
 
-def _money_refused(needed: int, hint: str, reason: HoldRefusal) -> HoldRefused:
+def _money_refused(
+    needed: int, hint: str, reason: HoldRefusal, *, fixed: bool = False
+) -> HoldRefused:
+    # A call priced per unit (images, audio) has no max_tokens to lower.
+    advice = "Top up your balance." if fixed else "Top up your balance or lower max_tokens."
     return HoldRefused(
         reason,
-        f"Insufficient credit: this request needs up to {format_usd(needed)} "
-        f"and {hint}. Top up your balance or lower max_tokens.",
+        f"Insufficient credit: this request needs up to {format_usd(needed)} and {hint}. {advice}",
     )
 
 
@@ -310,16 +345,23 @@ def hold_plan(req: HoldRequest, budget: Budget | None) -> Plan:
     """
     prices, key = req.prices, req.key
     if key.wallet_id is None:
-        needed = hold_micros_for(prices, req.prompt_tokens, req.n)
-        raise _money_refused(needed, "there is no wallet", HoldRefusal.NO_WALLET)
+        needed = req.fixed_micros
+        if needed is None:
+            needed = hold_micros_for(prices, req.prompt_tokens, req.n)
+        raise _money_refused(
+            needed, "there is no wallet", HoldRefusal.NO_WALLET, fixed=req.fixed_micros is not None
+        )
     if req.max_tokens is not None:
-        amount = hold_micros_for(prices, req.prompt_tokens, req.max_tokens * req.n)
+        amount = req.fixed_micros
+        if amount is None:
+            amount = hold_micros_for(prices, req.prompt_tokens, req.max_tokens * req.n)
         cap = key.max_cost_per_request_micros
         if cap is not None and amount > cap:
             raise HoldRefused(
                 HoldRefusal.PER_REQUEST_CAP,
                 f"This request could cost up to {format_usd(amount)}, over this key's "
-                f"per-request cap of {format_usd(cap)}. Lower max_tokens.",
+                f"per-request cap of {format_usd(cap)}."
+                + ("" if req.fixed_micros is not None else " Lower max_tokens."),
             )
         tokens = req.tokens_for(req.max_tokens)
         if budget is not None:
@@ -329,7 +371,9 @@ def hold_plan(req: HoldRequest, budget: Budget | None) -> Plan:
                     raise quota_refused(req, refusal, tokens, left)
             money, reason = budget.money(key)
             if amount > money:
-                raise _money_refused(amount, reason, HoldRefusal.WALLET)
+                raise _money_refused(
+                    amount, reason, HoldRefusal.WALLET, fixed=req.fixed_micros is not None
+                )
         return _plan(req, amount, req.max_tokens, tokens)
     money, reason = (None, "") if budget is None else budget.money(key)
     if budget is None:
@@ -365,7 +409,9 @@ def hold_refused(
     if refusal.is_quota:
         left = budget.tokens_of(refusal) if budget is not None else None
         return quota_refused(req, refusal, plan.tokens, left)
-    return _money_refused(plan.amount_micros, MONEY_REASONS[refusal], refusal)
+    return _money_refused(
+        plan.amount_micros, MONEY_REASONS[refusal], refusal, fixed=req.fixed_micros is not None
+    )
 
 
 def reservation_of(req: HoldRequest, plan: Plan) -> Reservation:

@@ -68,6 +68,7 @@ class CatalogModelAdmin(admin.ModelAdmin):
                     "input_price_micros_per_mtok",
                     "output_price_micros_per_mtok",
                     "cached_input_price_micros_per_mtok",
+                    "cache_write_price_micros_per_mtok",
                     "unit_price_micros",
                 )
             },

@@ -30,9 +30,14 @@ class ModelOutput(serializers.ModelSerializer):
         source="effective_cached_input_price",
         help_text="The price of prompt tokens read from the provider's cache.",
     )
+    cache_write_price_micros_per_mtok = serializers.SerializerMethodField(
+        help_text="The price of prompt tokens written to the provider's cache (Anthropic's "
+        "cache_creation_input_tokens)."
+    )
     input_price_usd_per_mtok = serializers.SerializerMethodField()
     output_price_usd_per_mtok = serializers.SerializerMethodField()
     cached_input_price_usd_per_mtok = serializers.SerializerMethodField()
+    cache_write_price_usd_per_mtok = serializers.SerializerMethodField()
     unit_price_usd = serializers.SerializerMethodField()
 
     class Meta:
@@ -50,10 +55,12 @@ class ModelOutput(serializers.ModelSerializer):
             "input_price_micros_per_mtok",
             "output_price_micros_per_mtok",
             "cached_input_price_micros_per_mtok",
+            "cache_write_price_micros_per_mtok",
             "unit_price_micros",
             "input_price_usd_per_mtok",
             "output_price_usd_per_mtok",
             "cached_input_price_usd_per_mtok",
+            "cache_write_price_usd_per_mtok",
             "unit_price_usd",
         ]
 
@@ -65,6 +72,14 @@ class ModelOutput(serializers.ModelSerializer):
 
     def get_cached_input_price_usd_per_mtok(self, model: Model) -> str:
         return usd_string(model.effective_cached_input_price)
+
+    def get_cache_write_price_micros_per_mtok(self, model: Model) -> int:
+        if model.cache_write_price_micros_per_mtok is None:
+            return model.input_price_micros_per_mtok
+        return model.cache_write_price_micros_per_mtok
+
+    def get_cache_write_price_usd_per_mtok(self, model: Model) -> str:
+        return usd_string(self.get_cache_write_price_micros_per_mtok(model))
 
     def get_unit_price_usd(self, model: Model) -> str:
         return usd_string(model.unit_price_micros)

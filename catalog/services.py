@@ -34,8 +34,10 @@ CATALOG_FIELDS = {
     "input_per_mtok": False,
     "output_per_mtok": False,
     "cached_input_per_mtok": False,
+    "cache_write_per_mtok": False,
     "price_unit": False,
     "unit_price": False,
+    "unit_price_variants": False,
     "capabilities": False,
     "enabled": False,
     "sort_order": False,
@@ -52,6 +54,19 @@ def _price(entry: dict, key: str, where: str) -> int | None:
     if micros < 0:
         raise ApplicationError(f"{where}: {key} must not be negative")
     return micros
+
+
+def _price_variants(entry: dict, where: str) -> dict[str, int]:
+    """{"<size>" or "<size>/<quality>": "0.04" USD} → micro-USD per unit, by variant."""
+    variants = entry.get("unit_price_variants") or {}
+    if not isinstance(variants, dict):
+        raise ApplicationError(f"{where}: unit_price_variants must be an object of USD prices")
+    out = {}
+    for variant, price in variants.items():
+        if not variant or len(variant) > 64 or not isinstance(price, str | int):
+            raise ApplicationError(f"{where}: unit_price_variants[{variant!r}] must be USD")
+        out[variant] = _price({"price": price}, "price", f"{where}: unit_price_variants")
+    return out
 
 
 def _int(entry: dict, key: str, where: str) -> int:
@@ -104,7 +119,9 @@ def _model_fields(entry: object, index: int) -> dict:
         "input_price_micros_per_mtok": _price(entry, "input_per_mtok", where) or 0,
         "output_price_micros_per_mtok": _price(entry, "output_per_mtok", where) or 0,
         "cached_input_price_micros_per_mtok": _price(entry, "cached_input_per_mtok", where),
+        "cache_write_price_micros_per_mtok": _price(entry, "cache_write_per_mtok", where),
         "unit_price_micros": _price(entry, "unit_price", where) or 0,
+        "unit_price_variants": _price_variants(entry, where),
         "capabilities": sorted(set(capabilities)),
         "enabled": enabled,
         "sort_order": entry.get("sort_order", index),
@@ -209,6 +226,19 @@ class ChannelTestResult:
     ok: bool
     latency_ms: int
     error: str = ""
+
+
+def channel_models_add(*, channel: Channel, model_ids: Iterable[str]) -> int:
+    """Let a channel serve these catalog models too (those it serves already are kept);
+    returns how many it gained."""
+    wanted = set(model_ids)
+    models = list(Model.objects.filter(model_id__in=wanted))
+    missing = wanted - {model.model_id for model in models}
+    if missing:
+        raise ApplicationError(f"unknown model(s): {', '.join(sorted(missing))}")
+    before = channel.served_models.count()
+    channel.served_models.add(*models)
+    return channel.served_models.count() - before
 
 
 def _probe_request(channel: Channel) -> tuple[str, dict[str, str], dict[str, str]]:

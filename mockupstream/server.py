@@ -19,6 +19,17 @@ Request headers steer it per call:
     x-mock-fault: NAME        one of FAULTS; a model named `mock-fault-NAME` does the same
 An API key that is exactly `invalid` gets 401; any other key (or none) is accepted.
 
+OpenAI's media endpoints too: images/generations and images/edits (an 8x8 PNG as b64_json, or
+a url served here at /_mock/media/<id>.png), audio/speech (a WAV, 20 ms per input character,
+streamed in chunks), audio/transcriptions and audio/translations ("Mock transcript of N
+bytes.", the duration from a WAV header or 1 s per 16 kB, every response format) and
+moderations (flags "kill", "hate", "hurt myself"); multipart bodies are read with the
+standard library's email parser.
+OpenAI's Responses API (POST /v1/responses) answers plain or streamed, with its events and usage.
+An Anthropic Messages body with a `cache_control` breakpoint (on the body, a tool, a system or a
+content block) reports half of its prompt tokens not read from the cache as written to it
+(cache_creation_input_tokens); the `cached` fault reports half of the prompt as read from it.
+
 Test hooks: GET /_mock/stats, POST /_mock/reset, GET /_mock/last (the last provider request's
 method, path, query, headers and JSON body), or the same through `MockUpstream` in tests.
 """
@@ -31,15 +42,21 @@ import base64
 import concurrent.futures
 import contextlib
 import copy
+import email.parser
+import email.policy
 import functools
 import hashlib
+import io
 import logging
+import math
 import os
 import re
 import signal
 import struct
 import threading
 import time
+import wave
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +134,7 @@ _FILLER_WORDS = (
 )
 _NOT_JSON = object()
 _MALFORMED_BODY = b'{"id": "mock-malformed", "choices": [{"message": '
+_MEDIA_URL = re.compile(r"^/_mock/media/[A-Za-z0-9-]+\.png$")
 _GEMINI_PATH = re.compile(r"^/v1(?:beta)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
 
 _STATUS_LINES = {
@@ -349,6 +367,8 @@ class _Call:
     chunks: int
     seq: int
     stream_format: str = "sse"  # Gemini also streams a plain JSON array without ?alt=sse
+    # A multipart upload's files: (field, filename, content type, bytes).
+    files: list[tuple[str, str, str, bytes]] | None = None
 
     @property
     def usage_hidden(self) -> bool:
@@ -638,6 +658,20 @@ def _anthropic_tool_name(body: dict[str, Any]) -> str | None:
     return first.get("name") if isinstance(first.get("name"), str) else "tool"
 
 
+def _asks_for_cache(body: dict[str, Any]) -> bool:
+    """Whether a Messages body has a cache_control breakpoint (on the body, a tool, a system
+    block or a content block)."""
+    if "cache_control" in body:
+        return True
+    blocks: list[Any] = list(body.get("tools") or [])
+    if isinstance(body.get("system"), list):
+        blocks.extend(body["system"])
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and isinstance(message.get("content"), list):
+            blocks.extend(message["content"])
+    return any(isinstance(block, dict) and "cache_control" in block for block in blocks)
+
+
 def _anthropic_messages(call: _Call) -> Reply:
     body = call.body
     messages = body.get("messages")
@@ -659,6 +693,8 @@ def _anthropic_messages(call: _Call) -> Reply:
             last_user = " ".join(texts[before:])
     prompt_tokens = _count_tokens(texts)
     cached = call.cached_of(prompt_tokens)
+    # A cache_control breakpoint writes half of what was not read from the cache.
+    written = (prompt_tokens - cached) // 2 if _asks_for_cache(body) else 0
     tool = _anthropic_tool_name(body)
     count = min(call.chunks, cap)
     stop_reason = "max_tokens" if cap < call.chunks else "end_turn"
@@ -668,8 +704,8 @@ def _anthropic_messages(call: _Call) -> Reply:
         count = TOOL_CALL_TOKENS
     # Anthropic's input_tokens leaves out what was read from the cache; the total is their sum.
     usage = {
-        "input_tokens": prompt_tokens - cached,
-        "cache_creation_input_tokens": 0,
+        "input_tokens": prompt_tokens - cached - written,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
         "output_tokens": count,
     }
@@ -744,6 +780,128 @@ def _anthropic_messages(call: _Call) -> Reply:
         _malformed_event(events, b'event: content_block_delta\ndata: {"type": "content_bl\n\n')
     error = _anthropic_event(b"error", {"type": "error", "error": STREAM_ERROR})
     return _stream_reply(call, events, _SSE, 3 + DROP_AFTER_CONTENT_CHUNKS, error)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI Responses
+
+
+def _responses_tool_name(body: dict[str, Any]) -> str | None:
+    tools = [
+        t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"
+    ]
+    choice = body.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        return choice["name"]
+    name = tools[0].get("name")
+    return name if isinstance(name, str) and name else "tool"
+
+
+def _responses(call: _Call) -> Reply:
+    body = call.body
+    given = body.get("input")
+    if not isinstance(given, str | list) or not given:
+        raise _BadRequest("Missing required parameter: 'input'.", "input")
+    cap = _int_field(body, "max_output_tokens", default=None, low=1, high=10_000_000)
+    texts: list[str] = []
+    _collect_text(body.get("instructions"), texts)
+    last_user = given if isinstance(given, str) else ""
+    if isinstance(given, str):
+        texts.append(given)
+    for item in given if isinstance(given, list) else []:
+        if not isinstance(item, dict):
+            raise _BadRequest("each input item must be an object", "input")
+        before = len(texts)
+        _collect_text(item.get("content"), texts)
+        if isinstance(item.get("output"), str):  # a function_call_output item
+            texts.append(item["output"])
+        if item.get("role") == "user":
+            last_user = " ".join(texts[before:])
+    prompt_tokens = _count_tokens(texts)
+    tool = _responses_tool_name(body)
+    count = call.chunks if cap is None else min(call.chunks, cap)
+    incomplete = cap is not None and cap < call.chunks and tool is None
+    pieces = _reply_pieces(_head(last_user), count)
+    if tool is not None:
+        count = TOOL_CALL_TOKENS
+    usage = {
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"cached_tokens": call.cached_of(prompt_tokens)},
+        "output_tokens": count,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt_tokens + count,
+    }
+    seq = f"{call.seq:010d}"
+    if tool is not None:
+        item: dict[str, Any] = {
+            "id": f"fc_mock{seq}", "type": "function_call", "status": "completed",
+            "call_id": f"call_mock{seq}", "name": tool, "arguments": "{}",
+        }  # fmt: skip
+    else:
+        part = {"type": "output_text", "text": "".join(pieces), "annotations": [], "logprobs": []}
+        item = {
+            "id": f"msg_mock{seq}", "type": "message", "status": "completed",
+            "role": "assistant", "content": [part],
+        }  # fmt: skip
+    response: dict[str, Any] = {
+        "id": f"resp_mock{seq}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed",
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": cap,
+        "model": call.model,
+        "output": [item],
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": 1.0,
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+        "metadata": {},
+        "usage": None if call.usage_hidden else usage,
+    }
+    if not body.get("stream"):
+        return Reply(body=_dumps(response))
+
+    events: list[bytes] = []
+
+    def event(kind: str, **fields: Any) -> None:
+        payload = {"type": kind, "sequence_number": len(events), **fields}
+        events.append(_anthropic_event(kind.encode(), payload))
+
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    event("response.created", response=started)
+    event("response.in_progress", response=started)
+    where = {"item_id": item["id"], "output_index": 0}
+    if tool is not None:
+        event("response.output_item.added", output_index=0, item={**item, "arguments": ""})
+        event("response.function_call_arguments.delta", **where, delta="{}")
+        event("response.function_call_arguments.done", **where, arguments="{}")
+    else:
+        empty = {**item, "status": "in_progress", "content": []}
+        event("response.output_item.added", output_index=0, item=empty)
+        blank = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        event("response.content_part.added", **where, content_index=0, part=blank)
+        for piece in pieces:
+            event("response.output_text.delta", **where, content_index=0, delta=piece, logprobs=[])
+        text = "".join(pieces)
+        event("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
+        event("response.content_part.done", **where, content_index=0, part=item["content"][0])
+    event("response.output_item.done", output_index=0, item=item)
+    event(f"response.{response['status']}", response=response)
+    if call.fault == "malformed":
+        _malformed_event(events, b'event: response.output_text.delta\ndata: {"type": "resp\n\n')
+    error = _anthropic_event(b"error", {
+        "type": "error", "code": "server_error", "message": STREAM_ERROR["message"],
+        "param": None, "sequence_number": len(events),
+    })  # fmt: skip
+    return _stream_reply(call, events, _SSE, 4 + DROP_AFTER_CONTENT_CHUNKS, error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,6 +1022,242 @@ def _gemini_generate(call: _Call, stream: bool) -> Reply:
 
 
 # --------------------------------------------------------------------------------------------
+# OpenAI media: images, speech, transcriptions and translations, moderations
+
+MEDIA_PATHS = frozenset(
+    {
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/moderations",
+    }
+)
+# Speech: 8 kHz mono 16-bit PCM, 20 ms of audio per input character.
+SPEECH_SAMPLE_RATE = 8_000
+SPEECH_MS_PER_CHARACTER = 20
+SPEECH_CHUNKS = 8
+# Transcripts of uploads that are not WAV: one second per 16 kB.
+TRANSCRIPT_BYTES_PER_SECOND = 16_000
+# Words that flag a moderation input, and the category each flags.
+MODERATION_WORDS = {
+    "kill": ("violence",),
+    "hate": ("hate", "harassment"),
+    "hurt myself": ("self-harm", "self-harm/intent"),
+}
+MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)  # fmt: skip
+_MODERATION_IMAGE_CATEGORIES = frozenset(
+    {"self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "violence",
+     "violence/graphic"}
+)  # fmt: skip
+
+
+def _png(width: int = 8, height: int = 8) -> bytes:
+    """A valid RGB PNG: a small gradient."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )  # fmt: skip
+
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((x * 32, y * 32, 128)) for x in range(width))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+MOCK_PNG = _png()
+
+
+# One period of a quiet 400 Hz tone (20 samples at 8 kHz), repeated.
+_TONE_PERIOD = b"".join(
+    struct.pack("<h", int(2000 * math.sin(2 * math.pi * i / 20))) for i in range(20)
+)
+
+
+def _wav(duration_ms: int) -> bytes:
+    """A valid WAV of a quiet 400 Hz tone."""
+    frames = SPEECH_SAMPLE_RATE * duration_ms // 1000
+    samples = (_TONE_PERIOD * (frames // 20 + 1))[: frames * 2]
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SPEECH_SAMPLE_RATE)
+        wav.writeframes(samples)
+    return out.getvalue()
+
+
+def _form(request: Request) -> tuple[dict[str, Any], list[tuple[str, str, str, bytes]]]:
+    """A multipart/form-data body (read with the standard library's email parser): the text
+    fields and the files as (field, filename, content type, bytes)."""
+    content_type = request.headers.get("content-type", "")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + request.body
+    )
+    if not message.is_multipart():
+        raise _BadRequest("expected a multipart/form-data body")
+    fields: dict[str, Any] = {}
+    files = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            raise _BadRequest("a form part has no name")
+        data = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            files.append((name, filename, part.get_content_type(), data))
+        elif name.endswith("[]"):
+            fields.setdefault(name, []).append(data.decode())
+        else:
+            fields[name] = data.decode()
+    return fields, files
+
+
+def _form_int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise _BadRequest(f"'{name}' must be an integer", name) from None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _BadRequest(f"'{name}' must be an integer between {low} and {high}", name)
+    return value
+
+
+def _images(call: _Call, host: str) -> Reply:
+    body = call.body
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _BadRequest("'prompt' is required", "prompt")
+    if call.files is not None and not any(f[0] in ("image", "image[]") for f in call.files):
+        raise _BadRequest("'image' is required", "image")
+    n = _form_int(body, "n", 1, 1, 10)
+    response_format = body.get("response_format", "url")
+    if response_format not in ("url", "b64_json"):
+        raise _BadRequest("'response_format' must be 'url' or 'b64_json'", "response_format")
+    data = []
+    for index in range(n):
+        if response_format == "b64_json":
+            data.append({"b64_json": base64.b64encode(MOCK_PNG).decode()})
+        else:
+            data.append({"url": f"http://{host}/_mock/media/img-{call.seq}-{index}.png"})
+        data[-1]["revised_prompt"] = f"A mock image of: {_head(prompt)}"
+    return Reply(body=_dumps({"created": MODEL_CREATED, "data": data}))
+
+
+def _speech(call: _Call) -> Reply:
+    body = call.body
+    text = body.get("input")
+    if not isinstance(text, str) or not text:
+        raise _BadRequest("'input' is required", "input")
+    if not body.get("voice"):
+        raise _BadRequest("'voice' is required", "voice")
+    audio = _wav(len(text) * SPEECH_MS_PER_CHARACTER)
+    content_type = b"audio/wav"
+    if body.get("response_format") == "pcm":
+        audio, content_type = audio[44:], b"audio/pcm"
+    size = -(-len(audio) // SPEECH_CHUNKS)
+    events = [audio[i : i + size] for i in range(0, len(audio), size)]
+    reply = Reply(content_type=content_type, events=events)
+    if call.fault == "drop":
+        reply.drop_after = min(DROP_AFTER_CONTENT_CHUNKS, len(events) - 1)
+    return reply
+
+
+def _audio_seconds(data: bytes) -> float:
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (wave.Error, EOFError):
+        return len(data) / TRANSCRIPT_BYTES_PER_SECOND
+
+
+def _vtt_time(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    return (
+        f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:{millis // 1000 % 60:02d}"
+        f"{separator}{millis % 1000:03d}"
+    )
+
+
+def _transcript(call: _Call, task: str) -> Reply:
+    uploads = [f for f in call.files or () if f[0] == "file"]
+    if not uploads:
+        raise _BadRequest("'file' is required", "file")
+    data = uploads[0][3]
+    seconds = _audio_seconds(data)
+    text = f"Mock transcript of {len(data)} bytes."
+    fmt = call.body.get("response_format", "json")
+    if fmt == "json":
+        payload = {"text": text, "usage": {"type": "duration", "seconds": math.ceil(seconds)}}
+        return Reply(body=_dumps(payload))
+    if fmt == "verbose_json":
+        segment = {
+            "id": 0, "seek": 0, "start": 0.0, "end": seconds, "text": text, "tokens": [1, 2, 3],
+            "temperature": 0.0, "avg_logprob": -0.1, "compression_ratio": 1.0,
+            "no_speech_prob": 0.01,
+        }  # fmt: skip
+        language = "english" if task == "translate" else call.body.get("language", "english")
+        payload = {
+            "task": task, "language": language, "duration": seconds, "text": text,
+            "segments": [segment],
+        }  # fmt: skip
+        return Reply(body=_dumps(payload))
+    if fmt == "text":
+        return Reply(body=text.encode() + b"\n", content_type=b"text/plain; charset=utf-8")
+    if fmt in ("srt", "vtt"):
+        separator = "," if fmt == "srt" else "."
+        cue = f"{_vtt_time(0, separator)} --> {_vtt_time(seconds, separator)}\n{text}\n"
+        out = f"1\n{cue}\n" if fmt == "srt" else f"WEBVTT\n\n{cue}\n"
+        return Reply(body=out.encode(), content_type=b"text/plain; charset=utf-8")
+    raise _BadRequest(f"'response_format' {fmt!r} is not supported", "response_format")
+
+
+def _moderation_result(text: str, kind: str) -> dict[str, Any]:
+    lowered = text.lower()
+    flagged = {c for word, cats in MODERATION_WORDS.items() if word in lowered for c in cats}
+    return {
+        "flagged": bool(flagged),
+        "categories": {c: c in flagged for c in MODERATION_CATEGORIES},
+        "category_scores": {c: 0.9 if c in flagged else 0.0001 for c in MODERATION_CATEGORIES},
+        "category_applied_input_types": {
+            c: ([kind] if kind == "text" or c in _MODERATION_IMAGE_CATEGORIES else [])
+            for c in MODERATION_CATEGORIES
+        },
+    }
+
+
+def _moderations(call: _Call) -> Reply:
+    raw = call.body.get("input")
+    if isinstance(raw, str) and raw:
+        results = [_moderation_result(raw, "text")]
+    elif isinstance(raw, list) and raw:
+        if all(isinstance(item, str) for item in raw):
+            results = [_moderation_result(item, "text") for item in raw]
+        else:  # multimodal parts: one result for them all
+            texts = [str(p.get("text", "")) for p in raw if isinstance(p, dict)]
+            kind = "image" if any(p.get("type") == "image_url" for p in raw) else "text"
+            results = [_moderation_result(" ".join(texts), kind)]
+    else:
+        raise _BadRequest("'input' must be a non-empty string or array", "input")
+    payload = {"id": f"modr-mock-{call.seq}", "model": call.model, "results": results}
+    return Reply(body=_dumps(payload))
+
+
+# --------------------------------------------------------------------------------------------
 # The application: routing, faults, statistics
 
 
@@ -931,6 +1325,10 @@ class MockApp:
             handler = _embeddings
         elif path == "/v1/messages":
             handler = _anthropic_messages
+        elif path == "/v1/responses":
+            handler = _responses
+        elif path in MEDIA_PATHS:
+            handler = self._media_handler(path, request.headers.get("host", "127.0.0.1"))
         elif family == "gemini":
             match = _GEMINI_PATH.match(path)
             assert match is not None
@@ -960,12 +1358,23 @@ class MockApp:
             raise _BadRequest(f"Method {method} not allowed on {path}", status=405)
         if request.too_large:
             raise _BadRequest(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
-        try:
-            body = _loads(request.body)
-        except ValueError:
-            body = _NOT_JSON
+        files = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            body, files = _form(request)
+            record["json"] = {
+                **body,
+                "_files": [
+                    {"field": f[0], "filename": f[1], "content_type": f[2], "size": len(f[3])}
+                    for f in files
+                ],
+            }
         else:
-            record["json"] = body  # recorded even when refused below: relay tests look at it
+            try:
+                body = _loads(request.body)
+            except ValueError:
+                body = _NOT_JSON
+            else:
+                record["json"] = body  # recorded even when refused below: relay tests look at it
         if _api_key(request) == "invalid":
             return self._unauthorized(family)
         if body is _NOT_JSON:
@@ -981,13 +1390,25 @@ class MockApp:
         if fault == "timeout":
             return Reply(hang=True)
         self._seq += 1
-        call = _Call(body=body, model=model, fault=fault, chunks=chunks, seq=self._seq)
+        call = _Call(body=body, model=model, fault=fault, chunks=chunks, seq=self._seq, files=files)
         reply = handler(call)
         if fault == "malformed" and reply.events is None:
             reply.body = _MALFORMED_BODY
         if fault == "drop" and reply.events is None:
             reply.close_without_reply = True
         return reply
+
+    @staticmethod
+    def _media_handler(path: str, host: str) -> Callable[[_Call], Reply]:
+        if path.startswith("/v1/images/"):
+            return lambda call: _images(call, host)
+        if path == "/v1/audio/speech":
+            return _speech
+        if path == "/v1/audio/transcriptions":
+            return lambda call: _transcript(call, "transcribe")
+        if path == "/v1/audio/translations":
+            return lambda call: _transcript(call, "translate")
+        return _moderations
 
     def _checked(
         self, request: Request, family: str, model: str | None, build: Callable[[], Reply]
@@ -1040,6 +1461,8 @@ class MockApp:
             return Reply(body=_dumps(self.stats.snapshot()))
         if route == ("GET", "/_mock/last"):
             return Reply(body=_dumps(self.stats.last))
+        if request.method == "GET" and _MEDIA_URL.match(request.path):
+            return Reply(body=MOCK_PNG, content_type=b"image/png")
         return _error_reply("openai", 404, f"Invalid URL ({request.method} {request.path})")
 
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from billing import settlement
-from relay import alerts, endpoints, metering, ratelimit, upstream
+from relay import alerts, endpoints, jobs, media, messages, metering, ratelimit, responses, upstream
 from relay.calls import CHAT, COMPLETIONS, EMBEDDINGS
 from relay.http import ClientDisconnected, Receive, RelayError, Request, Scope, Send
 from tokenbyte import db, pg
@@ -37,15 +37,13 @@ ALLOW_POST = {"allow": "POST"}
 ALLOW_GET = {"allow": "GET, HEAD"}
 # OpenAI endpoints this relay knows but does not serve yet: 501, not 404.
 NOT_IMPLEMENTED = {
-    "/v1/images/generations",
-    "/v1/images/edits",
     "/v1/images/variations",
-    "/v1/audio/speech",
-    "/v1/audio/transcriptions",
-    "/v1/audio/translations",
-    "/v1/moderations",
-    "/v1/responses",
-    "/v1/tasks",
+}
+ALLOW_TASKS = {"allow": "GET, HEAD, POST"}
+# Other APIs' formats: Anthropic's Messages, OpenAI's Responses (stateless: creating only).
+FORMAT_ROUTES = {
+    "/v1/messages": messages.serve,
+    "/v1/responses": responses.serve,
 }
 
 
@@ -60,6 +58,29 @@ async def dispatch(request: Request) -> None:
             )
         await endpoints.generation(request, endpoint)
         return
+    kind = media.PATHS.get(path)
+    if kind is not None:
+        if method != "POST":
+            raise RelayError(
+                405, f"Use POST for {path}.", code="method_not_allowed", headers=ALLOW_POST
+            )
+        await endpoints.media_call(request, kind)
+        return
+    serve = FORMAT_ROUTES.get(path)
+    if serve is not None or path.startswith("/v1/messages/"):
+        if path.startswith("/v1/messages"):
+            messages.anthropic_errors(request)
+        if serve is None:
+            # count_tokens and batches: not served by this relay.
+            raise RelayError(
+                501, f"{path} is not implemented by this relay.", code="not_implemented"
+            )
+        if method != "POST":
+            raise RelayError(
+                405, f"Use POST for {path}.", code="method_not_allowed", headers=ALLOW_POST
+            )
+        await serve(request)
+        return
     # HEAD is answered as GET; the server sends the head of the response without its body.
     if path == "/v1/models":
         if method not in GET_METHODS:
@@ -71,7 +92,19 @@ async def dispatch(request: Request) -> None:
     if path.startswith("/v1/models/") and method in GET_METHODS:
         await endpoints.model_detail(request, path.removeprefix("/v1/models/"))
         return
-    if path in NOT_IMPLEMENTED or path.startswith("/v1/tasks/"):
+    if path == "/v1/tasks":
+        if method == "POST":
+            await jobs.submit(request)
+        elif method in GET_METHODS:
+            await jobs.listing(request)
+        else:
+            raise RelayError(405, f"Use GET or POST for {path}.", code="method_not_allowed",
+                             headers=ALLOW_TASKS)  # fmt: skip
+        return
+    if path.startswith("/v1/tasks/") and method in GET_METHODS:
+        await jobs.retrieve(request, path.removeprefix("/v1/tasks/"))
+        return
+    if path in NOT_IMPLEMENTED or path.startswith("/v1/responses/"):
         raise RelayError(501, f"{path} is not implemented by this relay.", code="not_implemented")
     raise RelayError(404, f"Invalid URL ({method} {path}).", code="unknown_url")
 

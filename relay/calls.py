@@ -23,7 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing import settlement
-from billing.holds import CallCharge, HoldRequest
+from billing.holds import CallCharge, HoldRequest, Prices
 from relay import alerts, keys, metering, ratelimit, routing, upstream
 from relay.adapters import UpstreamRequest, adapter_for
 from relay.failover import failover
@@ -34,7 +34,7 @@ from relay.upstream import BrokenStream, UpstreamFailure
 logger = logging.getLogger(__name__)
 
 # Body fields copied into the log's request parameters (contents of messages are not).
-CONTENT_FIELDS = ("messages", "prompt", "input", "tools", "functions")
+CONTENT_FIELDS = ("messages", "prompt", "input", "tools", "functions", "system", "instructions")
 # Status logged for a call whose client hung up first (nginx's convention).
 CLIENT_CLOSED = 499
 # Completions default to 16 output tokens when max_tokens is absent (OpenAI's documented default).
@@ -53,6 +53,8 @@ class Endpoint:
     required: str  # the body field that must be present
     count_prompt: Callable[[dict], int]
     has_output: bool
+    # The body field capping the output (for endpoints other than chat and completions).
+    max_tokens_field: str | None = None
 
 
 CHAT = Endpoint(
@@ -184,7 +186,7 @@ def log_row(outcome: "Outcome", now: datetime) -> dict:
         "prompt_tokens": outcome.usage.prompt_tokens,
         "completion_tokens": outcome.usage.completion_tokens,
         "cached_tokens": outcome.usage.cached_tokens,
-        "cache_write_tokens": 0,
+        "cache_write_tokens": outcome.usage.cache_write_tokens,
         "channel_id": outcome.channel_id,
         "channel_name": outcome.channel_name,
         "attempts": outcome.attempts,
@@ -198,6 +200,9 @@ def log_row(outcome: "Outcome", now: datetime) -> dict:
 
 class Call:
     """One relayed generation call, from its parsed body to its settlement."""
+
+    # Whether a stream's event is its end marker (held back for keys that settle first).
+    is_final_event = staticmethod(is_done_event)
 
     def __init__(self, request: Request, endpoint: Endpoint, key: keys.KeyInfo, body: dict):
         self.request = request
@@ -239,6 +244,10 @@ class Call:
             body["stream_options"] = options
         return adapter_for(route).request(route, self.endpoint.name, body, self.stream)
 
+    def hold_prices(self, model: routing.ModelInfo) -> Prices:
+        """The prices the hold assumes (a call that may write the prompt cache holds more)."""
+        return model
+
     def charged_for(self, usage: metering.Usage) -> int:
         return min(metering.cost_micros(self.model, usage), self.outcome.hold_micros)
 
@@ -272,6 +281,9 @@ class Call:
         elif self.endpoint is COMPLETIONS:
             requested = _int_param(body, "max_tokens") or LEGACY_COMPLETIONS_DEFAULT_MAX_TOKENS
             self.max_tokens_param = "max_tokens"
+        elif self.endpoint.max_tokens_field:
+            requested = _int_param(body, self.endpoint.max_tokens_field)
+            self.max_tokens_param = self.endpoint.max_tokens_field
         model = self.model
         if self.endpoint.has_output:
             default_max = model.max_output_tokens or (
@@ -286,7 +298,7 @@ class Call:
         hold_request = HoldRequest(
             request_id=self.request.request_id,
             key=self.key,
-            prices=model,
+            prices=self.hold_prices(model),
             model_id=model.model_id,
             call_type=self.endpoint.name,
             prompt_tokens=metering.with_margin(self.prompt_tokens),
@@ -365,13 +377,26 @@ class Call:
                 code="invalid_upstream_response", retryable=True,
             ) from exc  # fmt: skip
         if isinstance(data, dict):
-            data = adapter_for(route).response(data, self.outcome.upstream_model)
+            data = self.answer_of(route, data)
         if not isinstance(data, dict):
             raise UpstreamFailure(
                 502, "The upstream provider sent an invalid response.",
                 code="invalid_upstream_response", retryable=True,
             )  # fmt: skip
         return data
+
+    def answer_of(self, route: routing.Route, data: dict) -> dict:
+        """The upstream's JSON answer in the client's format."""
+        return adapter_for(route).response(data, self.outcome.upstream_model)
+
+    def stream_reader(self, route: routing.Route, answer: upstream.Answer):
+        """The meter of the client's event format, and the upstream's stream in that format."""
+        meter = SSEMeter(
+            show_usage=self.show_usage, cost_for=lambda u: metering.usd(self.charged_for(u))
+        )
+        translator = adapter_for(route).stream(self.outcome.upstream_model, True)
+        chunks = answer.chunks() if translator is None else _translated(answer, translator)
+        return meter, chunks
 
     def _on_attempt(self, number: int, route: routing.Route) -> None:
         self.outcome.attempts = number
@@ -433,11 +458,7 @@ class Call:
                 raise await upstream.failure_from_answer(answer)
             finally:
                 await answer.close()
-        meter = SSEMeter(
-            show_usage=self.show_usage, cost_for=lambda u: metering.usd(self.charged_for(u))
-        )
-        translator = adapter_for(route).stream(self.outcome.upstream_model, True)
-        chunks = answer.chunks() if translator is None else _translated(answer, translator)
+        meter, chunks = self.stream_reader(route, answer)
         first: list[bytes] = []
         try:
             while not first:
@@ -477,7 +498,7 @@ class Call:
         held_back: list[bytes] = []
 
         async def forward(event: bytes) -> None:
-            if self.settle_early and (held_back or is_done_event(event)):
+            if self.settle_early and (held_back or self.is_final_event(event)):
                 held_back.append(event)
             else:
                 await request.stream_chunk(event)
@@ -505,7 +526,7 @@ class Call:
                     if not meter.done:
                         await forward(done_event())
                 elif not meter.done:
-                    raise BrokenStream("ended without [DONE]")
+                    raise BrokenStream("ended before its end event")
             except BrokenStream as exc:
                 self._interrupt(
                     f"The upstream provider's stream broke off: {exc.name}.",

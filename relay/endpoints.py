@@ -2,13 +2,16 @@
 
 import asyncio
 import logging
+import time
 
 from django.conf import settings
 
-from billing.holds import HoldRefusal, HoldRefused
-from relay import alerts, keys, ratelimit, routing
-from relay.calls import CLIENT_CLOSED, Call, Endpoint
-from relay.http import ClientDisconnected, RelayError, Request
+from billing import settlement
+from billing.holds import HoldRefusal, HoldRefused, HoldRequest
+from relay import alerts, keys, media, metering, ratelimit, routing
+from relay.calls import CLIENT_CLOSED, Call, Endpoint, Outcome, charge_of, resolve_model
+from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
+from relay.upstream import BrokenStream
 from relay.validation import validate_body
 from tokenbyte import db, pg
 
@@ -69,12 +72,12 @@ def _note_error(call: Call, error: RelayError) -> None:
     call.outcome.error_message = error.message
 
 
-async def generation(request: Request, endpoint: Endpoint) -> None:
+async def generation(request: Request, endpoint: Endpoint, call_class: type[Call] = Call) -> None:
     key = await authenticate(request)
     await request.read_body(settings.RELAY_MAX_BODY_BYTES)
     body = request.json()
     validate_body(body, endpoint.name)
-    call = Call(request, endpoint, key, body)
+    call = call_class(request, endpoint, key, body)
     try:
         await call.prepare(await catalog(request))
     except HoldRefused as refused:
@@ -105,6 +108,195 @@ async def generation(request: Request, endpoint: Endpoint) -> None:
     finally:
         # Shielded: settlement must finish even when the client is gone or the server stops.
         await asyncio.shield(call.finish())
+
+
+# --- images, audio, moderations (the upstream part is relay/media.py) --------------------------
+
+
+async def media_call(request: Request, kind: media.MediaKind) -> None:
+    key = await authenticate(request)
+    if kind.multipart:
+        await request.read_body(settings.RELAY_MAX_UPLOAD_BYTES)
+        form = media.parse_form(request.body, request.headers.get("content-type", ""))
+        media_request = media.from_form(kind, form)
+    else:
+        await request.read_body(settings.RELAY_MAX_BODY_BYTES)
+        media_request = media.from_json(kind, request.json())
+    snapshot = await catalog(request)
+    model = resolve_model(media_request.body, key, snapshot, kind)
+    media.check_model(kind, model)
+    routes = media.routes_for(kind, routing.plan(model.model_id, settings.RELAY_MAX_ATTEMPTS))
+    held = media.quote(media_request, model)
+    outcome = Outcome(
+        request_id=request.request_id, key=key, model_id=model.model_id, call_type=kind.name,
+        endpoint=kind.name, is_stream=kind is media.AUDIO_SPEECH, client_ip=keys.client_ip(request),
+        request_params={**media_request.loggable_params(), **held.units.loggable()},
+    )  # fmt: skip
+    call = MediaCall(request, key, outcome)
+    try:
+        if key.rate_limited:
+            await call.admit(held.units.tokens)
+        reservation = await settlement.hold_reserve(
+            HoldRequest(
+                request_id=request.request_id, key=key, prices=model, model_id=model.model_id,
+                call_type=kind.name, prompt_tokens=held.units.tokens, max_tokens=0, n=1,
+                default_max_tokens=0, has_output=False, fixed_micros=held.cost_micros,
+            )
+        )  # fmt: skip
+    except HoldRefused as refused:
+        error = refusal_error(refused)
+        if refused.reason in LOGGED_REFUSALS:
+            outcome.status_code, outcome.error_code = error.status, error.code or ""
+            outcome.error_message = error.message
+            await asyncio.shield(call.finish())
+        if refused.exhausted:
+            alerts.quota_exhausted(key, refused.reason, refused.smallest_call_tokens)
+        raise error from refused
+    except (RelayError, pg.DatabaseUnavailable):
+        if call.admission is not None:
+            await asyncio.shield(ratelimit.correct(call.admission, 0))
+        raise
+    outcome.hold_micros, outcome.held = reservation.hold_micros, True
+    try:
+        if kind is media.AUDIO_SPEECH:
+            await call.relay_speech(media_request, model, routes)
+        else:
+            await call.relay(media_request, model, routes)
+    except RelayError as error:
+        outcome.status_code, outcome.error_code = error.status, error.code or ""
+        outcome.error_message = error.message
+        outcome.cost_micros = 0
+        await request.respond_error(error)
+    except ClientDisconnected:
+        if outcome.status_code == 200:
+            outcome.status_code = CLIENT_CLOSED
+            outcome.error_code = "client_disconnected"
+            outcome.error_message = "The client closed the connection before the answer."
+    finally:
+        # Shielded: settlement must finish even when the client is gone or the server stops.
+        await asyncio.shield(call.finish())
+
+
+class MediaCall:
+    """The relay's side of one media call: rate limit, upstream with failover, answer, settle.
+
+    What a failure costs: nothing before any byte reached the client (every endpoint); a
+    speech stream that breaks off or whose client hangs up after bytes were delivered is
+    charged its whole input (the upstream reports no partial count).
+    """
+
+    def __init__(self, request: Request, key: keys.KeyInfo, outcome: Outcome) -> None:
+        self.request = request
+        self.key = key
+        self.outcome = outcome
+        self.admission: ratelimit.Admission | None = None
+        self._finished = False
+
+    async def admit(self, tokens: int) -> None:
+        self.admission = await ratelimit.admit(
+            self.key, member=self.request.request_id, tokens=tokens
+        )
+        if self.admission is None:
+            return
+        self.request.out_headers = self.admission.headers()
+        if not self.admission.admitted:
+            raise self.admission.error()
+
+    def on_attempt(self, number: int, route: routing.Route) -> None:
+        self.outcome.attempts = number
+        self.outcome.channel_id = route.channel_id
+        self.outcome.channel_name = route.name
+        self.outcome.upstream_model = route.upstream_model(self.outcome.model_id)
+
+    async def relay(self, media_request, model, routes) -> None:
+        request, outcome = self.request, self.outcome
+        result = await run_until_disconnect(
+            request,
+            media.run(
+                media_request, model, routes, spawn=request.app.spawn, on_attempt=self.on_attempt
+            ),
+        )
+        outcome.ttft_ms = round((time.monotonic() - outcome.started) * 1000)
+        self._charge(result.units, result.cost_micros)
+        if result.data is not None:
+            outcome.response_excerpt = _media_excerpt(result.data)
+        settle_first = self.key.settles_before_reply
+        if result.content_type.startswith(media.JSON_CONTENT_TYPE):
+            await request.respond_bytes(200, result.content, more=settle_first)
+        else:
+            await request.start_stream(content_type=result.content_type.encode("latin-1"))
+            await request.stream_chunk(result.content)
+        if settle_first or not result.content_type.startswith(media.JSON_CONTENT_TYPE):
+            if settle_first:
+                await self.finish_quietly()
+            await request.end_stream()
+
+    async def relay_speech(self, media_request, model, routes) -> None:
+        request, outcome = self.request, self.outcome
+        stream = await run_until_disconnect(
+            request,
+            media.open_speech(
+                media_request, model, routes, spawn=request.app.spawn, on_attempt=self.on_attempt
+            ),
+        )
+        outcome.ttft_ms = round((time.monotonic() - outcome.started) * 1000)
+
+        async def pump() -> None:
+            await request.start_stream(content_type=stream.content_type.encode("latin-1"))
+            # From the first byte delivered on, the call is charged its whole input.
+            self._charge(stream.units, stream.cost_micros)
+            try:
+                async for data in stream.chunks():
+                    await request.stream_chunk(data)
+            except BrokenStream as exc:
+                outcome.status_code = 502
+                outcome.error_code = "upstream_stream_interrupted"
+                outcome.error_message = f"The upstream provider's audio broke off: {exc.name}."
+            if self.key.settles_before_reply:
+                await self.finish_quietly()
+            await request.end_stream()
+
+        try:
+            await run_until_disconnect(request, pump())
+        except ClientDisconnected:
+            outcome.status_code = CLIENT_CLOSED
+            outcome.error_code = "client_disconnected"
+            outcome.error_message = "The client closed the connection mid-stream."
+            raise ClientDisconnected from None
+        finally:
+            await stream.close()
+
+    def _charge(self, units: metering.MediaUnits, cost_micros: int) -> None:
+        self.outcome.cost_micros = min(cost_micros, self.outcome.hold_micros)
+        self.outcome.usage = metering.Usage(prompt_tokens=units.tokens, reported=False)
+        self.outcome.request_params = {**self.outcome.request_params, "used": units.loggable()}
+
+    async def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        await ratelimit.correct(self.admission, self.outcome.used_tokens)
+        settled = await settlement.call_settle(charge_of(self.outcome))
+        if not settled.queued:
+            alerts.after_settlement(self.key, settled)
+
+    async def finish_quietly(self) -> None:
+        try:
+            await asyncio.shield(self.finish())
+        except Exception:
+            logger.exception("could not settle %s", self.request.request_id)
+
+
+def _media_excerpt(data: dict) -> str:
+    if isinstance(data.get("text"), str):
+        return data["text"][:500]
+    results = data.get("results")
+    if isinstance(results, list) and results and isinstance(results[0], dict):
+        return f"flagged: {bool(results[0].get('flagged'))}"
+    images = data.get("data")
+    if isinstance(images, list):
+        return f"{len(images)} image(s)"
+    return ""
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -92,8 +92,8 @@ def new_request_id() -> str:
 
 class Request:
     __slots__ = (
-        "app", "body", "headers", "method", "out_headers", "path", "receive", "request_id",
-        "scope", "send",
+        "app", "body", "error_body", "headers", "method", "out_headers", "path", "receive",
+        "request_id", "scope", "send",
     )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, app=None) -> None:
@@ -112,6 +112,8 @@ class Request:
         self.body = b""
         # Sent with whatever response goes out, success or error (the x-ratelimit-* headers).
         self.out_headers: dict[str, str] | None = None
+        # The error body of an endpoint with its own error shape (Anthropic's /v1/messages).
+        self.error_body: Callable[[RelayError], dict] | None = None
 
     @property
     def client_ip(self) -> str | None:
@@ -195,15 +197,20 @@ class Request:
         await self.send({"type": "http.response.body", "body": body, "more_body": more})
 
     async def respond_error(self, error: RelayError) -> None:
-        await self.respond_json(error.status, error.body(), error.headers)
+        body = error.body() if self.error_body is None else self.error_body(error)
+        await self.respond_json(error.status, body, error.headers)
 
-    async def start_stream(self, headers: dict[str, str] | None = None) -> None:
+    async def start_stream(
+        self,
+        headers: dict[str, str] | None = None,
+        content_type: bytes = b"text/event-stream; charset=utf-8",
+    ) -> None:
         extra = {"cache-control": "no-cache", **(headers or {})}
         await self.send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": self._headers(b"text/event-stream; charset=utf-8", extra),
+                "headers": self._headers(content_type, extra),
             }
         )
 

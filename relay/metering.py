@@ -11,8 +11,9 @@ from functools import lru_cache
 import orjson
 import tiktoken
 
+from billing.holds import hold_micros_for_units
 from relay.routing import ModelInfo
-from tokenbyte.money import ceil_div, token_cost_micros
+from tokenbyte.money import TOKENS_PER_PRICE_UNIT, ceil_div, token_cost_micros
 
 # Fixed allowances, in tokens: per message framing, reply priming, and an image part (a
 # high-detail 2048×2048 image is 1105 tokens for OpenAI; other providers count more).
@@ -102,6 +103,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Prompt tokens written to the provider's cache (Anthropic's cache_creation_input_tokens).
+    cache_write_tokens: int = 0
     # False when the upstream said nothing and the numbers are our own count.
     reported: bool = False
 
@@ -139,9 +142,68 @@ def cost_micros(model: ModelInfo, usage: Usage) -> int:
         input_price_micros_per_mtok=model.input_price,
         output_price_micros_per_mtok=model.output_price,
         cached_input_price_micros_per_mtok=model.cached_input_price,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_price_micros_per_mtok=model.cache_write_price,
     )
 
 
 def usd(micros: int) -> float:
     """micro-USD as the JSON number of `usage.cost` (exact to 6 decimals when printed)."""
     return round(micros / 1_000_000, 6)
+
+
+# --- unit-priced (media) calls ------------------------------------------------------------------
+
+CHARACTERS_PER_PRICE_UNIT = 1_000_000  # price_unit "mchar": per 1M characters
+MILLISECONDS_PER_SECOND = 1_000  # price_unit "second": audio is counted in milliseconds
+
+
+@dataclass(frozen=True)
+class MediaUnits:
+    """What a media call used (or may use, for its hold), in the units its price counts."""
+
+    images: int = 0
+    image_price: int = 0  # micro-USD per image of the requested variant
+    characters: int = 0
+    milliseconds: int = 0  # of audio
+    tokens: int = 0  # moderations of an mtok-priced model
+    requests: int = 1
+
+    def loggable(self) -> dict:
+        """The units for the log's request parameters."""
+        out: dict = {}
+        if self.images:
+            out["images"] = self.images
+        if self.characters:
+            out["characters"] = self.characters
+        if self.milliseconds:
+            out["seconds"] = self.milliseconds / MILLISECONDS_PER_SECOND
+        if self.tokens:
+            out["input_tokens"] = self.tokens
+        return out
+
+
+def image_price(model: ModelInfo, size: str | None, quality: str | None) -> int:
+    """micro-USD per image: the "<size>/<quality>" variant, else "<size>", else unit_price."""
+    variants = model.unit_price_variants
+    if variants and size:
+        if quality and f"{size}/{quality}" in variants:
+            return int(variants[f"{size}/{quality}"])
+        if size in variants:
+            return int(variants[size])
+    return model.unit_price
+
+
+def media_cost_micros(model: ModelInfo, units: MediaUnits) -> int:
+    """The cost of a media call by its model's price_unit (rounded up, as every cost); the
+    same function prices its hold (worst-case units) and its settlement (units used)."""
+    unit = model.price_unit
+    if unit == "image":
+        return hold_micros_for_units(units.image_price, units.images)
+    if unit == "mchar":
+        return hold_micros_for_units(model.unit_price, units.characters, CHARACTERS_PER_PRICE_UNIT)
+    if unit == "second":
+        return hold_micros_for_units(model.unit_price, units.milliseconds, MILLISECONDS_PER_SECOND)
+    if unit == "mtok":
+        return hold_micros_for_units(model.input_price, units.tokens, TOKENS_PER_PRICE_UNIT)
+    return hold_micros_for_units(model.unit_price, units.requests)  # "request"

@@ -23,11 +23,14 @@ class ModelInfo:
     input_price: int  # micro-USD per 1M tokens
     output_price: int  # micro-USD per 1M tokens
     cached_input_price: int  # micro-USD per 1M tokens
+    cache_write_price: int  # micro-USD per 1M tokens written to the provider's prompt cache
     unit_price: int  # micro-USD per unit
     context_length: int
     max_output_tokens: int
     capabilities: frozenset[str]
     created: int  # unix time, for /v1/models
+    # micro-USD per image by variant ("<size>" or "<size>/<quality>"); see metering.image_price.
+    unit_price_variants: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +76,17 @@ def _load() -> Snapshot:
             input_price=m.input_price_micros_per_mtok,
             output_price=m.output_price_micros_per_mtok,
             cached_input_price=m.effective_cached_input_price,
+            cache_write_price=(
+                m.input_price_micros_per_mtok
+                if m.cache_write_price_micros_per_mtok is None
+                else m.cache_write_price_micros_per_mtok
+            ),
             unit_price=m.unit_price_micros,
             context_length=m.context_length,
             max_output_tokens=m.max_output_tokens,
             capabilities=frozenset(m.capabilities or ()),
             created=int(m.created_at.timestamp()),
+            unit_price_variants=dict(m.unit_price_variants or {}),
         )
     routes: dict[str, list[Route]] = {}
     channels = Channel.objects.filter(status=Channel.Status.ENABLED).prefetch_related(

@@ -154,3 +154,85 @@ def is_done_event(event: bytes) -> bool:
     """Whether a complete event (as SSEMeter.feed returns them) is the [DONE] sentinel."""
     data = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
     return data == [DONE]
+
+
+# --- streams of named events (Anthropic's Messages and OpenAI's Responses formats) ---------------
+
+
+def named_event(name: str, payload: dict) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+class EventMeter:
+    """Splits a stream of named events (`event:` then `data:`) into events and meters them.
+
+    It has SSEMeter's attributes, so one pump streams either format; a subclass reads its
+    format's events in `read`. `done` means the stream reached its end in its format (for these
+    formats an error event is one: nothing follows it).
+    """
+
+    def __init__(self, *, cost_for: Callable[[Usage], float]) -> None:
+        self.cost_for = cost_for
+        self.buffer = b""
+        self.usage: Usage | None = None
+        self.delivered_text: list[str] = []
+        self.done = False
+        self.malformed = False
+        self.error: tuple[str, str] | None = None
+        self.first_content_seen = False
+        self.excerpt: list[str] = []
+        self._excerpt_len = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Complete events (with their blank-line terminator) to forward now."""
+        self.buffer += data
+        if b"\r\n" in self.buffer:
+            self.buffer = self.buffer.replace(b"\r\n", b"\n")
+        out = []
+        while not self.malformed:
+            end = self.buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, self.buffer = self.buffer[: end + 2], self.buffer[end + 2 :]
+            forwarded = self._process(event)
+            if forwarded:
+                out.append(forwarded)
+        return out
+
+    def _process(self, event: bytes) -> bytes | None:
+        name = ""
+        data_lines = []
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].lstrip())
+            elif line.startswith(b"event:"):
+                name = line[6:].strip().decode("utf-8", "replace")
+        if not data_lines:
+            return event  # comments and keep-alives
+        try:
+            payload = orjson.loads(b"\n".join(data_lines))
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            self.malformed = True
+            return None
+        return self.read(str(payload.get("type") or name), payload, event)
+
+    def read(self, kind: str, payload: dict, event: bytes) -> bytes | None:
+        """What to forward for one event (`event` itself, a rewritten one, or None)."""
+        raise NotImplementedError
+
+    def add_text(self, text: str) -> None:
+        if not text:
+            return
+        self.first_content_seen = True
+        self.delivered_text.append(text)
+        if self._excerpt_len < 500:
+            self.excerpt.append(text)
+            self._excerpt_len += len(text)
+
+    def delivered_completion_tokens(self) -> int:
+        return count_text("".join(self.delivered_text))
+
+    def response_excerpt(self) -> str:
+        return "".join(self.excerpt)[:500]

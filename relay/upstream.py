@@ -166,6 +166,17 @@ async def send(upstream: UpstreamRequest, route: Route) -> Answer:
     return await client.send(upstream, route)
 
 
+async def close_loop_clients() -> None:
+    """Close the session of the running event loop only (a job's loop that is about to end;
+    the relay's own loop keeps its sessions)."""
+    session = _sessions.pop(id(asyncio.get_running_loop()), None)
+    if session is not None:
+        await session.close()
+    client = client_module()
+    if client is not None:
+        await client.close_clients()
+
+
 async def close_clients() -> None:
     for session in list(_sessions.values()):
         await session.close()

@@ -423,6 +423,121 @@ ENDPOINTS: dict[str, tuple[str, Check, dict[str, Check]]] = {
 }
 
 
+# --- Anthropic's Messages and OpenAI's Responses bodies -----------------------------------------
+
+
+def _objects(param: str, value: object, what: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise invalid_type(param, f"an array of {what}", value)
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise invalid_type(f"{param}[{index}]", "an object", item)
+    return value
+
+
+def _blocks(param: str, content: object) -> None:
+    """Anthropic content: a string or an array of typed blocks."""
+    if isinstance(content, str):
+        return
+    for index, block in enumerate(_objects(param, content, "content blocks")):
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            raise _required(f"{param}[{index}].type", "a string", kind)
+        if kind == "text" and not isinstance(block.get("text"), str):
+            raise _required(f"{param}[{index}].text", "a string", block.get("text"))
+        if kind == "tool_result" and block.get("content") is not None:
+            _blocks(f"{param}[{index}].content", block["content"])
+
+
+def _anthropic_messages(param: str, messages: object) -> None:
+    for index, message in enumerate(_objects(param, messages, "messages")):
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise invalid_value(f"{param}[{index}].role", "'user' or 'assistant'", repr(role))
+        content = message.get("content")
+        if content is None:
+            raise missing(f"{param}[{index}].content")
+        _blocks(f"{param}[{index}].content", content)
+
+
+def _anthropic_tools(param: str, tools: object) -> None:
+    for index, tool in enumerate(_objects(param, tools, "tools")):
+        if not isinstance(tool.get("name"), str):
+            raise _required(f"{param}[{index}].name", "a string", tool.get("name"))
+        schema = tool.get("input_schema")
+        if schema is not None:
+            _schema(f"{param}[{index}].input_schema", schema)
+
+
+def _anthropic_tool_choice(param: str, choice: object) -> None:
+    if not isinstance(choice, dict):
+        raise invalid_type(param, "an object", choice)
+    kind = choice.get("type")
+    if kind not in ("auto", "any", "tool", "none"):
+        raise invalid_value(f"{param}.type", "'auto', 'any', 'tool' or 'none'", repr(kind))
+    if kind == "tool" and not isinstance(choice.get("name"), str):
+        raise _required(f"{param}.name", "a string", choice.get("name"))
+
+
+def _strings(param: str, value: object) -> None:
+    if not isinstance(value, list):
+        raise invalid_type(param, "an array of strings", value)
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise invalid_type(f"{param}[{index}]", "a string", item)
+
+
+def _object(param: str, value: object) -> None:
+    if not isinstance(value, dict):
+        raise invalid_type(param, "an object", value)
+
+
+def _responses_input(param: str, value: object) -> None:
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise invalid_type(param, "a string or an array of input items", value)
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise invalid_type(f"{param}[{index}]", "an object", item)
+        content = item.get("content")
+        if content is not None and not isinstance(content, str):
+            _objects(f"{param}[{index}].content", content, "content parts")
+
+
+def _not_background(param: str, value: object) -> None:
+    _boolean(param, value)
+    if value:
+        # A background response is fetched later with GET /v1/responses/{id}: this relay keeps
+        # no responses, so it cannot be polled through it.
+        raise invalid_value(param, "false (this relay does not keep responses)", "true")
+
+
+ENDPOINTS["messages"] = ("messages", _anthropic_messages, {
+    "stream": _boolean,
+    "max_tokens": _output_tokens,
+    "temperature": _number_between(0, 1),
+    "top_p": _number_between(0, 1),
+    "top_k": _integer_between(0, MAX_OUTPUT_TOKENS),
+    "stop_sequences": _strings,
+    "system": _blocks,
+    "tools": _anthropic_tools,
+    "tool_choice": _anthropic_tool_choice,
+    "metadata": _object,
+})  # fmt: skip
+ENDPOINTS["responses"] = ("input", _responses_input, {
+    "stream": _boolean,
+    "background": _not_background,
+    "max_output_tokens": _output_tokens,
+    "temperature": _number_between(0, 2),
+    "top_p": _number_between(0, 1),
+    "instructions": _string,
+    "tools": lambda param, tools: _objects(param, tools, "tools"),
+    "parallel_tool_calls": _boolean,
+    "user": _string,
+})  # fmt: skip
+
+
 # --- nesting and NUL characters -----------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from accounts.models import User
 from tasks.models import AsyncTask
 from tasks.selectors import async_tasks_for_user
+from tasks.services import async_task_media_url
 from tokenbyte.api import ErrorSerializer, KeysetPagination, UsdField
 
 
@@ -57,12 +58,24 @@ class TaskOutput(serializers.ModelSerializer):
 class TaskDetailOutput(TaskOutput):
     input = serializers.JSONField(help_text="The job's parameters as submitted.")
     result = serializers.JSONField(
-        allow_null=True, help_text="What the job produced (e.g. image URLs); null until it ends."
+        allow_null=True, help_text="What the job produced besides its media (a transcript's text)."
     )
+    media_url = serializers.SerializerMethodField(
+        help_text="The job's media (image, audio, transcript) by a signed URL that needs no "
+        "credentials, until media_expires_at; null before it succeeded or once expired."
+    )
+    media_content_type = serializers.CharField()
+    media_expires_at = serializers.DateTimeField(allow_null=True)
 
     class Meta(TaskOutput.Meta):
         ref_name = "TaskDetail"
-        fields = [*TaskOutput.Meta.fields, "input", "result"]
+        fields = [
+            *TaskOutput.Meta.fields, "input", "result", "media_url", "media_content_type",
+            "media_expires_at",
+        ]  # fmt: skip
+
+    def get_media_url(self, task: AsyncTask) -> str | None:
+        return async_task_media_url(task=task)
 
 
 class TaskListApi(APIView):

@@ -27,4 +27,14 @@ PERIODIC_JOBS = (
     # The console's playground keys live an hour; expired ones are deleted a day later.
     Job("delete-expired-playground-keys", 3600.0, "tasks.tasks.delete_expired_playground_keys",
         "accounts.services:playground_keys_delete_expired"),
+    # The usage rollups are written with each settlement; this checks the last hours against
+    # the logs and corrects drift (none, while the books are right).
+    Job("reconcile-usage-rollups", 3600.0, "tasks.tasks.reconcile_usage_rollups",
+        "usage.services:usage_rollups_reconcile"),
+    # Async jobs past their deadline fail (the hold sweep releases their holds).
+    Job("fail-overdue-tasks", 60.0, "tasks.tasks.fail_overdue_tasks",
+        "tasks.services:async_tasks_fail_overdue"),
+    # Stored media of async jobs, once its signed URLs have expired.
+    Job("expire-task-media", 3600.0, "tasks.tasks.expire_task_media",
+        "tasks.services:async_task_media_expire"),
 )  # fmt: skip

@@ -4,8 +4,9 @@ from accounts.services import playground_keys_delete_expired
 from billing.receipts import topup_receipt_email_send
 from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
 from catalog.services import channels_probe_disabled
+from tasks.services import async_task_media_expire, async_tasks_fail_overdue
 from tokenbyte.celery import app
-from usage.services import request_logs_expire
+from usage.services import request_logs_expire, usage_rollups_reconcile
 
 
 @app.task(time_limit=120, soft_time_limit=100)
@@ -61,3 +62,38 @@ def send_alert_email(alert_id: int) -> bool:
 def send_topup_receipt(topup_id: int) -> bool:
     """After a top-up is credited: email its receipt (with the PDF) to the payer, once."""
     return topup_receipt_email_send(topup_id=topup_id)
+
+
+@app.task(
+    # Longer than any upstream read (120 s) with failover; the job's deadline bounds retries.
+    time_limit=600,
+    soft_time_limit=570,
+    # Acknowledged after the run (settings: acks_late, reject_on_worker_lost): a worker killed
+    # mid-job leaves the message to another, which finds the job running and runs it again
+    # under the same request id (settled once), up to TASK_MAX_ATTEMPTS runs.
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def run_async_task(task_id: int) -> str:
+    """Run one async job (POST /v1/tasks)."""
+    from relay.jobs import job_run
+
+    return job_run(task_id)
+
+
+@app.task(time_limit=120, soft_time_limit=100)
+def fail_overdue_tasks() -> int:
+    """Every minute: fail jobs still unfinished past their deadline."""
+    return async_tasks_fail_overdue()
+
+
+@app.task(time_limit=300, soft_time_limit=280)
+def expire_task_media() -> int:
+    """Hourly: delete async jobs' stored media past its expiry."""
+    return async_task_media_expire()
+
+
+@app.task(time_limit=300, soft_time_limit=280)
+def reconcile_usage_rollups() -> int:
+    """Hourly: check the last hours' usage rollups against their logs, correcting any drift."""
+    return usage_rollups_reconcile()

@@ -4,6 +4,7 @@ from tasks import api, views
 
 urlpatterns = [
     path("tasks/", views.task_list, name="tasks"),
+    path("tasks/media/<str:token>/", views.task_media, name="task_media"),
 ]
 
 # /api/ routes of this app (added as its API views arrive).

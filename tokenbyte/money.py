@@ -50,12 +50,17 @@ def token_cost_micros(
     input_price_micros_per_mtok: int,
     output_price_micros_per_mtok: int,
     cached_input_price_micros_per_mtok: int,
+    cache_write_tokens: int = 0,
+    cache_write_price_micros_per_mtok: int = 0,
 ) -> int:
-    """Cost = ceil(sum(tokens × price per 1M) / 1M). Cached tokens are part of prompt_tokens."""
+    """Cost = ceil(sum(tokens × price per 1M) / 1M). Cached tokens (read from the provider's
+    prompt cache) and cache-write tokens (written to it) are both part of prompt_tokens."""
     cached = min(cached_tokens, prompt_tokens)
+    written = min(cache_write_tokens, prompt_tokens - cached)
     total = (
-        (prompt_tokens - cached) * input_price_micros_per_mtok
+        (prompt_tokens - cached - written) * input_price_micros_per_mtok
         + cached * cached_input_price_micros_per_mtok
+        + written * cache_write_price_micros_per_mtok
         + completion_tokens * output_price_micros_per_mtok
     )
     return ceil_div(total, TOKENS_PER_PRICE_UNIT)

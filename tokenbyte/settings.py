@@ -307,6 +307,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Stored media of async jobs (Django's storage API; local files unless STORAGES says otherwise).
+MEDIA_ROOT = Path(env("MEDIA_ROOT", str(BASE_DIR / ".tmp" / "media")))
+MEDIA_URL = "media/"
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
 
 # Email: console in the embedded default, SMTP when EMAIL_HOST is set.
@@ -350,9 +353,28 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_TIMEZONE = "UTC"
+# A delivered job is acknowledged once it ran, so a worker that dies mid-job leaves it to
+# another (billing settles each job once, on its request id).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# How long Redis waits for an acknowledgement before handing a job to another worker (longer
+# than any job's time limit), and how often workers look for such jobs.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT_SECONDS", "1200"),
+    "unacked_restore_interval": envint("CELERY_UNACKED_RESTORE_SECONDS", "10"),
+    "unacked_restore_throttle": 1,
+}
+# Async jobs (POST /v1/tasks): fail (and release) one unfinished this long after its submit;
+# runs at most this many times (a worker dying mid-job counts); media kept this long.
+TASK_DEADLINE_SECONDS = envint("TASK_DEADLINE_SECONDS", "900")
+TASK_MAX_ATTEMPTS = envint("TASK_MAX_ATTEMPTS", "3")
+TASK_MEDIA_TTL_SECONDS = envint("TASK_MEDIA_TTL_SECONDS", "86400")
 
 # Relay
 RELAY_MAX_BODY_BYTES = envint("RELAY_MAX_BODY_BYTES", str(10 * 1024 * 1024))
+# Multipart uploads (images/edits, audio/transcriptions and translations), as OpenAI's 25 MB.
+RELAY_MAX_UPLOAD_BYTES = envint("RELAY_MAX_UPLOAD_BYTES", str(25 * 1024 * 1024))
 # Enforced by the HTTP protocol in relay/server.py (uvicorn --http relay.server:RelayHttpProtocol).
 RELAY_MAX_HEADER_BYTES = envint("RELAY_MAX_HEADER_BYTES", str(64 * 1024))
 RELAY_HEADER_TIMEOUT_SECONDS = envint("RELAY_HEADER_TIMEOUT_SECONDS", "10")

@@ -2,7 +2,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
@@ -49,6 +49,10 @@ def usage_rollup_add(*, log: Mapping | RequestLog, cost_micros: int, sign: int =
         "cost_micros": sign * cost_micros,
         "duration_ms": sign * (log.get("duration_ms") or 0),
     }
+    _rollup_increment(bucket, counts)
+
+
+def _rollup_increment(bucket: dict, counts: dict) -> None:
     increments = {name: F(name) + value for name, value in counts.items()}
     if UsageRollup.objects.filter(**bucket).update(**increments):
         return
@@ -58,6 +62,87 @@ def usage_rollup_add(*, log: Mapping | RequestLog, cost_micros: int, sign: int =
     except IntegrityError:
         # Another settlement created the row first; it exists now.
         UsageRollup.objects.filter(**bucket).update(**increments)
+
+
+ROLLUP_BUCKET = (
+    "hour",
+    "user_id",
+    "organization_id",
+    "key_id",
+    "group_id",
+    "model_id",
+    "call_type",
+)
+ROLLUP_COUNTS = (
+    "requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_micros",
+    "duration_ms",
+)  # fmt: skip
+
+
+def _log_buckets(logs):
+    """The logs summed per rollup bucket, as rows named like UsageRollup's fields."""
+    return (
+        logs.annotate(
+            hour=TruncHour("created_at", tzinfo=UTC),
+            org=Coalesce("organization_id", 0),
+            key=Coalesce("api_token_id", 0),
+            grp=Coalesce("group_id", 0),
+        )
+        .values("hour", "user_id", "org", "key", "grp", "model_id", "call_type")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status_code__gte=400)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cached=Sum("cached_tokens"),
+            cost=Sum("cost_micros"),
+            duration=Sum("duration_ms"),
+        )
+        .order_by()
+    )
+
+
+def _bucket_row(row: dict) -> tuple[tuple, dict]:
+    bucket = (row["hour"], row["user_id"], row["org"], row["key"], row["grp"], row["model_id"],
+              row["call_type"])  # fmt: skip
+    counts = {
+        "requests": row["requests"], "errors": row["errors"], "prompt_tokens": row["prompt"],
+        "completion_tokens": row["completion"], "cached_tokens": row["cached"],
+        "cost_micros": row["cost"], "duration_ms": row["duration"],
+    }  # fmt: skip
+    return bucket, counts
+
+
+def usage_rollups_reconcile(*, now: datetime | None = None, hours: int = 3) -> int:
+    """Check the last `hours` complete hours of rollups against their logs and correct any
+    drift; returns the number of buckets corrected (0 when the books agree, as they should:
+    each settlement writes both in one transaction).
+
+    Both sides are read in one snapshot and the differences are added, not written, so
+    settlements landing meanwhile (a late one, the outbox draining) count once either way.
+    """
+    end = _hour(now or timezone.now())
+    start = end - timedelta(hours=hours)
+    own_transaction = not connection.in_atomic_block
+    with transaction.atomic():
+        if own_transaction and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        logs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end)
+        counted = dict(_bucket_row(row) for row in _log_buckets(logs))
+        stored = {
+            tuple(row[name] for name in ROLLUP_BUCKET): {name: row[name] for name in ROLLUP_COUNTS}
+            for row in UsageRollup.objects.filter(hour__gte=start, hour__lt=end).values()
+        }
+    zero = dict.fromkeys(ROLLUP_COUNTS, 0)
+    corrected = 0
+    for bucket in counted.keys() | stored.keys():
+        want, have = counted.get(bucket, zero), stored.get(bucket, zero)
+        delta = {name: want[name] - have[name] for name in ROLLUP_COUNTS}
+        if any(delta.values()):
+            _rollup_increment(dict(zip(ROLLUP_BUCKET, bucket, strict=True)), delta)
+            corrected += 1
+    return corrected
 
 
 def usage_rollups_rebuild(*, since: datetime | None = None, batch: int = 5000) -> int:
@@ -73,40 +158,14 @@ def usage_rollups_rebuild(*, since: datetime | None = None, batch: int = 5000) -
         since = _hour(since)
         logs = logs.filter(created_at__gte=since)
         rollups = rollups.filter(hour__gte=since)
-    rows = (
-        logs.annotate(
-            bucket=TruncHour("created_at", tzinfo=UTC),
-            org=Coalesce("organization_id", 0),
-            key=Coalesce("api_token_id", 0),
-            grp=Coalesce("group_id", 0),
-        )
-        .values("bucket", "user_id", "org", "key", "grp", "model_id", "call_type")
-        .annotate(
-            n=Count("id"),
-            n_errors=Count("id", filter=Q(status_code__gte=400)),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            cached=Sum("cached_tokens"),
-            cost=Sum("cost_micros"),
-            duration=Sum("duration_ms"),
-        )
-        .order_by()
-    )
+    rows = _log_buckets(logs)
     written = 0
     with transaction.atomic():
         rollups.delete()
         pending: list[UsageRollup] = []
         for row in rows.iterator(chunk_size=batch):
-            pending.append(
-                UsageRollup(
-                    hour=row["bucket"], user_id=row["user_id"], organization_id=row["org"],
-                    key_id=row["key"], group_id=row["grp"], model_id=row["model_id"],
-                    call_type=row["call_type"], requests=row["n"], errors=row["n_errors"],
-                    prompt_tokens=row["prompt"], completion_tokens=row["completion"],
-                    cached_tokens=row["cached"], cost_micros=row["cost"],
-                    duration_ms=row["duration"],
-                )
-            )  # fmt: skip
+            bucket, counts = _bucket_row(row)
+            pending.append(UsageRollup(**dict(zip(ROLLUP_BUCKET, bucket, strict=True)), **counts))
             if len(pending) >= batch:
                 UsageRollup.objects.bulk_create(pending)
                 written += len(pending)

@@ -29,6 +29,7 @@ def catalog():
                 input_price_micros_per_mtok=3_000_000,
                 output_price_micros_per_mtok=15_000_000,
                 cached_input_price_micros_per_mtok=300_000,
+                cache_write_price_micros_per_mtok=3_750_000,
                 capabilities=["vision", "tools"],
                 sort_order=1,
             )
@@ -85,10 +86,12 @@ def test_the_list_has_only_callable_models_with_their_prices(client, owner, cata
         "input_price_micros_per_mtok": 3_000_000,
         "output_price_micros_per_mtok": 15_000_000,
         "cached_input_price_micros_per_mtok": 300_000,
+        "cache_write_price_micros_per_mtok": 3_750_000,
         "unit_price_micros": 0,
         "input_price_usd_per_mtok": "3.000000",
         "output_price_usd_per_mtok": "15.000000",
         "cached_input_price_usd_per_mtok": "0.300000",
+        "cache_write_price_usd_per_mtok": "3.750000",
         "unit_price_usd": "0.000000",
     }
     image = response.json()[2]
@@ -103,6 +106,7 @@ def test_a_model_without_its_own_cached_price_reports_the_input_price(owner_clie
     embed = owner_client.get("/api/models/text-embedding-3-small/").json()
 
     assert embed["cached_input_price_micros_per_mtok"] == 20_000
+    assert embed["cache_write_price_micros_per_mtok"] == 20_000
 
 
 @pytest.mark.parametrize(

@@ -41,8 +41,17 @@ def test_it_loads_models_with_prices_in_micro_usd(tmp_path, capsys):
     assert model.input_price_micros_per_mtok == 2_500_000
     assert model.output_price_micros_per_mtok == 10_000_000
     assert model.cached_input_price_micros_per_mtok == 1_250_000
+    assert model.cache_write_price_micros_per_mtok is None  # not given: the input price
     assert model.capabilities == ["streaming", "tools"]
     assert "1 models created, 0 updated" in capsys.readouterr().out
+
+
+def test_it_loads_a_cache_write_price(tmp_path):
+    claude = {**ACME, "id": "claude-x", "provider": "anthropic", "cache_write_per_mtok": "3.125"}
+
+    call_command("import_catalog", str(write_catalog(tmp_path, [claude])))
+
+    assert Model.objects.get(model_id="claude-x").cache_write_price_micros_per_mtok == 3_125_000
 
 
 def test_it_updates_models_in_place_on_reimport(tmp_path):

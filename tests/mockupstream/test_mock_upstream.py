@@ -1168,3 +1168,58 @@ def test_the_command_exits_1_with_one_line_on_bad_arguments():
     assert process.returncode == 1
     assert stdout == ""
     assert stderr == "error: argument --port: must be between 1 and 65535: 99999\n"
+
+
+# --- Prompt-cache writes and the Responses API (brief I) ----------------------------------------
+
+
+def test_a_cache_control_breakpoint_reports_half_the_uncached_prompt_as_written(http):
+    system = [{"type": "text", "text": "x" * 15, "cache_control": {"type": "ephemeral"}}]
+    plain = http.post("/v1/messages", json=anthropic_body(system=system), headers=ANTHROPIC_HEADERS)
+    cached = http.post(
+        "/v1/messages", json=anthropic_body(system=system, model="mock-fault-cached"),
+        headers=ANTHROPIC_HEADERS,
+    )  # fmt: skip
+
+    # 9 prompt tokens: 4 written; with the cached fault 4 read, then 2 of the other 5 written.
+    assert plain.json()["usage"] == {
+        "input_tokens": 5, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 0,
+        "output_tokens": 16,
+    }  # fmt: skip
+    assert cached.json()["usage"] == {
+        "input_tokens": 3, "cache_creation_input_tokens": 2, "cache_read_input_tokens": 4,
+        "output_tokens": 16,
+    }  # fmt: skip
+
+
+def test_responses_reply_plain_and_streamed_with_the_same_text_and_usage(client):
+    plain = client.responses.create(model="gpt-4o-mini", input=PROMPT)
+    events = list(client.responses.create(model="gpt-4o-mini", input=PROMPT, stream=True))
+
+    assert plain.output_text == REPLY
+    assert (plain.status, plain.usage.input_tokens, plain.usage.output_tokens) == (
+        "completed", 6, 16,
+    )  # fmt: skip
+    types = [event.type for event in events]
+    assert types[:4] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.content_part.added",
+    ]  # fmt: skip
+    assert types[-4:] == [
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed",
+    ]  # fmt: skip
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REPLY
+    assert events[-1].response.usage == plain.usage
+
+
+def test_responses_honour_max_output_tokens_and_tools(client):
+    short = client.responses.create(model="gpt-4o-mini", input=PROMPT, max_output_tokens=3)
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    called = client.responses.create(model="gpt-4o-mini", input=PROMPT, tools=tools)
+
+    assert (short.status, short.output_text) == ("incomplete", "This is a")
+    assert short.incomplete_details.reason == "max_output_tokens"
+    [item] = called.output
+    assert (item.type, item.name, item.arguments) == ("function_call", "lookup", "{}")

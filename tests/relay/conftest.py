@@ -54,6 +54,7 @@ class RelayServer:
             "RELAY_RETRY_BACKOFF_MS": "5",
             "RELAY_INPROCESS_SCHEDULER": "false",
             "RELAY_MAX_BODY_BYTES": str(1024 * 1024),
+            "RELAY_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
             "RELAY_CHANNEL_COOLDOWN_SECONDS": "1",
             "RELAY_CHANNEL_DISABLE_AFTER": "6",
             **env,

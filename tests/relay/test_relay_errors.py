@@ -239,7 +239,7 @@ def test_an_upstream_429_that_survives_failover_is_a_429_with_retry_after(make_a
 def test_an_endpoint_that_is_not_implemented_is_a_501(make_account, relay):
     account = make_account("1")
 
-    response = post(relay, account.key, json={"prompt": "a cat"}, path="/v1/images/generations")
+    response = post(relay, account.key, json={"prompt": "a cat"}, path="/v1/images/variations")
 
     assert response.status_code == 501
 

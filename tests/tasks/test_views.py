@@ -1,6 +1,14 @@
+from datetime import timedelta
+
 import pytest
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.utils import timezone
+from freezegun import freeze_time
 
 from tasks.models import AsyncTask
+from tasks.services import async_task_media_expire, async_task_media_url
 from tests.factories import ApiTokenFactory, AsyncTaskFactory
 
 pytestmark = pytest.mark.django_db
@@ -43,3 +51,57 @@ def test_the_tasks_page_makes_a_bounded_number_of_queries(
         response = owner_client.get("/tasks/")
 
     assert response.status_code == 200
+
+
+def test_while_a_job_runs_the_table_reloads_itself_and_stops_once_all_are_done(owner_client, owner):
+    job = AsyncTaskFactory(user=owner, status=AsyncTask.Status.RUNNING)
+
+    page = owner_client.get("/tasks/").content.decode()
+    partial = owner_client.get("/tasks/", headers={"HX-Request": "true"})
+    AsyncTask.objects.filter(pk=job.pk).update(status=AsyncTask.Status.SUCCEEDED)
+    settled = owner_client.get("/tasks/", headers={"HX-Request": "true"}).content.decode()
+
+    assert 'hx-get="/tasks/" hx-trigger="every 2s"' in page
+    assert partial.templates[0].name == "tasks/_task_table.html"
+    assert "<html" not in partial.content.decode()
+    assert "hx-trigger" not in settled
+
+
+def test_a_finished_job_links_its_media_by_a_signed_url_that_serves_it(owner_client, owner, client):
+    job = AsyncTaskFactory(user=owner, status=AsyncTask.Status.SUCCEEDED)
+    job.media.save("job.png", ContentFile(b"\x89PNG fake"), save=False)
+    job.media_content_type = "image/png"
+    job.media_expires_at = timezone.now() + timedelta(hours=1)
+    job.save()
+
+    content = owner_client.get("/tasks/").content.decode()
+    url = async_task_media_url(task=job)
+    path = url.removeprefix(settings.SITE_URL)
+    served = client.get(path)  # no session: the signed URL is the credential
+
+    assert f'<a href="{url}"' in content
+    assert served.status_code == 200
+    assert served["Content-Type"] == "image/png"
+    assert b"".join(served.streaming_content) == b"\x89PNG fake"
+    assert client.get(path[:-3] + "xx/").status_code == 404
+
+
+def test_an_expired_media_url_is_a_404_and_the_hourly_job_deletes_the_file(
+    client, owner, django_capture_on_commit_callbacks
+):
+    job = AsyncTaskFactory(user=owner, status=AsyncTask.Status.SUCCEEDED)
+    job.media.save("old.png", ContentFile(b"old"), save=False)
+    job.media_content_type = "image/png"
+    job.media_expires_at = timezone.now() + timedelta(minutes=1)
+    job.save()
+    path = async_task_media_url(task=job).removeprefix(settings.SITE_URL)
+    name = job.media.name
+
+    with freeze_time(timezone.now() + timedelta(minutes=2)):
+        assert client.get(path).status_code == 404
+        with django_capture_on_commit_callbacks(execute=True):
+            assert async_task_media_expire() == 1
+
+    job.refresh_from_db()
+    assert job.media.name == ""
+    assert not default_storage.exists(name)

@@ -31,7 +31,9 @@ def test_it_seeds_a_working_demo(capsys):
     assert token.digest == api_key_digest(key)
     channel = Channel.objects.get(name="Demo mock upstream")
     assert channel.type == "mock"
-    assert {m.model_id for m in channel.served_models.all()} == {"demo-chat", "demo-embedding"}
+    assert {m.model_id for m in channel.served_models.all()} == {
+        "demo-chat", "demo-embedding", "demo-image", "demo-tts", "demo-whisper", "demo-moderation",
+    }  # fmt: skip
     catalog_ids = {m["id"] for m in default_catalog()["models"]}
     assert catalog_ids <= set(Model.objects.values_list("model_id", flat=True))
     # The local operator can open the staff admin with the printed TOTP entry.
@@ -55,3 +57,14 @@ def test_running_it_twice_is_safe(capsys):
     assert Model.objects.get(model_id="gpt-4o").input_price_micros_per_mtok == 1
     assert ApiToken.objects.get(digest=api_key_digest(first_key)).status == "revoked"
     assert ApiToken.objects.get(digest=api_key_digest(second_key)).status == "enabled"
+
+
+def test_a_demo_seeded_before_the_media_models_gets_them_on_its_channel(capsys):
+    seed(capsys)
+    channel = Channel.objects.get(name="Demo mock upstream")
+    channel.served_models.remove(*Model.objects.filter(model_id__in=["demo-image", "demo-tts"]))
+
+    seed(capsys)
+
+    served = set(channel.served_models.values_list("model_id", flat=True))
+    assert {"demo-image", "demo-tts", "demo-chat"} <= served

@@ -11,7 +11,7 @@ from billing.models import Wallet
 from billing.services import holds_release_expired
 from tests.billing.test_holds import charge_for, hold, make_books, parts_of, settle_charge
 from usage.models import RequestLog, UsageRollup
-from usage.services import usage_rollup_add, usage_rollups_rebuild
+from usage.services import usage_rollup_add, usage_rollups_rebuild, usage_rollups_reconcile
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -149,3 +149,28 @@ def test_hours_are_utc_hours_whatever_the_time_zone_of_the_moment(books):
     row = UsageRollup.objects.get()
     assert row.hour == datetime(2026, 2, 28, 23, tzinfo=UTC)
     assert (row.requests, row.prompt_tokens, row.cost_micros) == (2, 14, 7)
+
+
+def test_the_hourly_reconcile_corrects_drift_and_finds_none_in_right_books(books):
+    token, group, wallet = books
+    for n in range(3):
+        hold("sql", f"req_rec{n}", wallet, 1070, parts_of(token, group, 128))
+        settle_charge("sql", charge_for(f"req_rec{n}", wallet, token, 1070, 50, 19))
+    right = rollups()
+    an_hour_later = timezone.now() + timedelta(hours=1)
+
+    assert usage_rollups_reconcile(now=an_hour_later) == 0
+    # Drift of every kind: a count off, a bucket missing, a bucket with no logs.
+    UsageRollup.objects.update(requests=7, cost_micros=1)
+    stray = UsageRollup.objects.values().get()
+    stray.pop("id")
+    UsageRollup.objects.create(**{**stray, "model_id": "never-called"})
+    assert usage_rollups_reconcile(now=an_hour_later) == 2
+    UsageRollup.objects.filter(model_id="never-called").delete()
+    assert rollups() == right
+
+    UsageRollup.objects.all().delete()
+    assert usage_rollups_reconcile(now=an_hour_later) == 1
+    assert rollups() == right
+    # The hour still filling is left to the settlements.
+    assert usage_rollups_reconcile(now=timezone.now()) == 0

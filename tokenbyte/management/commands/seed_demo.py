@@ -14,7 +14,7 @@ from accounts.services import (
 from billing.services import credit_grant, wallet_get_or_create
 from catalog.models import Channel
 from catalog.selectors import default_catalog
-from catalog.services import catalog_import, channel_create
+from catalog.services import catalog_import, channel_create, channel_models_add
 from tokenbyte.commands import OperatorCommand
 from tokenbyte.money import format_usd
 
@@ -48,6 +48,47 @@ DEMO_MODELS = {
             "output_per_mtok": "0",
             "sort_order": -10,
         },
+        {
+            "id": "demo-image",
+            "provider": "tokenbyte",
+            "display_name": "Demo Image (mock upstream)",
+            "description": "A small PNG from the mock upstream, per image.",
+            "call_type": "image",
+            "price_unit": "image",
+            "unit_price": "0.04",
+            "unit_price_variants": {"1024x1024/hd": "0.08", "1792x1024": "0.08"},
+            "sort_order": -9,
+        },
+        {
+            "id": "demo-tts",
+            "provider": "tokenbyte",
+            "display_name": "Demo Speech (mock upstream)",
+            "description": "A short WAV from the mock upstream, per 1M characters.",
+            "call_type": "audio",
+            "price_unit": "mchar",
+            "unit_price": "15.00",
+            "sort_order": -8,
+        },
+        {
+            "id": "demo-whisper",
+            "provider": "tokenbyte",
+            "display_name": "Demo Transcription (mock upstream)",
+            "description": "A fixed transcript from the mock upstream, per second of audio.",
+            "call_type": "audio",
+            "price_unit": "second",
+            "unit_price": "0.0001",
+            "sort_order": -7,
+        },
+        {
+            "id": "demo-moderation",
+            "provider": "tokenbyte",
+            "display_name": "Demo Moderation (mock upstream)",
+            "call_type": "embedding",
+            "price_unit": "request",
+            "unit_price": "0.0001",
+            "capabilities": ["moderation"],
+            "sort_order": -6,
+        },
     ]
 }
 
@@ -66,14 +107,19 @@ class Command(OperatorCommand):
         # Existing models keep their (possibly edited) prices; only missing ones are added.
         catalog_import(data=default_catalog(), update_existing=False)
         catalog_import(data=DEMO_MODELS, update_existing=False)
-        if not Channel.objects.filter(name=DEMO_CHANNEL_NAME).exists():
+        demo_ids = [m["id"] for m in DEMO_MODELS["models"]]
+        channel = Channel.objects.filter(name=DEMO_CHANNEL_NAME).first()
+        if channel is None:
             channel_create(
                 name=DEMO_CHANNEL_NAME,
                 type=Channel.Type.MOCK,
                 base_url=settings.MOCK_UPSTREAM_URL,
-                model_ids=[m["id"] for m in DEMO_MODELS["models"]],
+                model_ids=demo_ids,
                 api_key="mock-upstream-key",
             )
+        else:
+            # A demo seeded by an older version: the channel serves the demo models added since.
+            channel_models_add(channel=channel, model_ids=demo_ids)
 
         user, _ = user_get_or_create(email=DEMO_EMAIL)
         # The demo account is also the local operator, so it can open the staff admin.
