@@ -35,6 +35,7 @@ from tasks.services import (
     async_task_finish,
     async_task_log,
     async_task_media_url,
+    async_task_requeue,
     async_task_start,
     async_task_submit,
 )
@@ -44,6 +45,9 @@ from tokenbyte.errors import ApplicationError
 logger = logging.getLogger(__name__)
 
 LIST_LIMIT_DEFAULT = 20
+# Failures of every channel worth another run later: rate limits, upstream errors, timeouts,
+# no channel available. Anything else (a bad request, a model gone) fails the job at once.
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
 LIST_LIMIT_MAX = 100
 
 
@@ -218,6 +222,11 @@ def job_run(task_id: int) -> str:
         routes = media.routes_for(call.kind, snapshot.routes.get(model.model_id, []))
         result = asyncio.run(_call_upstream(call, model, routes))
     except RelayError as error:
+        if error.status in RETRYABLE and task.attempts < settings.TASK_MAX_ATTEMPTS:
+            # Every channel failed for now (a provider's outage, its rate limit): the job goes
+            # back in the queue, its hold kept, and runs again after a pause.
+            async_task_requeue(task=task, error=error.message)
+            return "retry"
         log = async_task_log(
             task,
             status_code=error.status,

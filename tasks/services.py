@@ -187,6 +187,20 @@ def async_task_start(*, task_id: int, now: datetime | None = None) -> AsyncTask 
     return None
 
 
+def async_task_requeue(*, task: AsyncTask, error: str) -> AsyncTask:
+    """A run that failed for now: the job is queued again (its hold kept) with why, for the
+    retry the Celery task schedules."""
+    task.status = AsyncTask.Status.QUEUED
+    task.error = f"Attempt {task.attempts} failed, retrying: {error}"[:2000]
+    task.save(update_fields=["status", "error"])
+    return task
+
+
+def async_task_retry_delay(*, attempts: int) -> float:
+    """Seconds before the next run after `attempts` runs: doubling from TASK_RETRY_SECONDS."""
+    return settings.TASK_RETRY_SECONDS * 2 ** max(attempts - 1, 0)
+
+
 def async_task_log(task: AsyncTask, *, status_code: int, now: datetime, **fields: Any) -> dict:
     """The request log row of a job (by attname; the settlement decides the cost)."""
     key = task.api_token
@@ -261,7 +275,7 @@ def async_task_finish(
     )
     settlement = call_settle_orm(charge)
     task.status = AsyncTask.Status.FAILED if error else AsyncTask.Status.SUCCEEDED
-    task.error = error
+    task.error = error  # a success clears the note of an earlier failed attempt
     task.cost_micros = settlement.charged_micros
     task.result = data
     task.finished_at = now

@@ -4,7 +4,12 @@ from accounts.services import playground_keys_delete_expired
 from billing.receipts import topup_receipt_email_send
 from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
 from catalog.services import channels_probe_disabled
-from tasks.services import async_task_media_expire, async_tasks_fail_overdue
+from tasks.models import AsyncTask
+from tasks.services import (
+    async_task_media_expire,
+    async_task_retry_delay,
+    async_tasks_fail_overdue,
+)
 from tokenbyte.celery import app
 from usage.services import request_logs_expire, usage_rollups_reconcile
 
@@ -73,12 +78,19 @@ def send_topup_receipt(topup_id: int) -> bool:
     # under the same request id (settled once), up to TASK_MAX_ATTEMPTS runs.
     acks_late=True,
     reject_on_worker_lost=True,
+    bind=True,
+    # Runs are bounded by the job itself (TASK_MAX_ATTEMPTS, counted on its row).
+    max_retries=None,
 )
-def run_async_task(task_id: int) -> str:
-    """Run one async job (POST /v1/tasks)."""
+def run_async_task(self, task_id: int) -> str:
+    """Run one async job (POST /v1/tasks); a run that failed for now is retried later."""
     from relay.jobs import job_run
 
-    return job_run(task_id)
+    outcome = job_run(task_id)
+    if outcome == "retry":
+        attempts = AsyncTask.objects.values_list("attempts", flat=True).get(pk=task_id)
+        raise self.retry(countdown=async_task_retry_delay(attempts=attempts))
+    return outcome
 
 
 @app.task(time_limit=120, soft_time_limit=100)

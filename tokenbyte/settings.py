@@ -369,6 +369,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # runs at most this many times (a worker dying mid-job counts); media kept this long.
 TASK_DEADLINE_SECONDS = envint("TASK_DEADLINE_SECONDS", "900")
 TASK_MAX_ATTEMPTS = envint("TASK_MAX_ATTEMPTS", "3")
+# A run that every channel failed (429, 5xx, timeout) is retried after this, doubling each time.
+TASK_RETRY_SECONDS = float(env("TASK_RETRY_SECONDS", "5"))
 TASK_MEDIA_TTL_SECONDS = envint("TASK_MEDIA_TTL_SECONDS", "86400")
 
 # Relay

@@ -45,6 +45,8 @@ class Worker:
             # A job a dead worker held is handed to another after this many seconds.
             "CELERY_VISIBILITY_TIMEOUT_SECONDS": "3",
             "CELERY_UNACKED_RESTORE_SECONDS": "1",
+            # A run every channel failed is retried after 1 s, then 2 s.
+            "TASK_RETRY_SECONDS": "1",
         }
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
@@ -256,22 +258,45 @@ def test_speech_and_transcription_jobs_store_their_media_and_cost_their_units(
     assert books(customer)[1] == 0
 
 
-def test_a_job_the_upstream_fails_is_failed_and_costs_nothing(relay, customer, worker, mock):
-    ModelFactory(model_id="img-broken", call_type="image", price_unit="image",
+def broken_channel(mock, model_id: str = "img-broken"):
+    ModelFactory(model_id=model_id, call_type="image", price_unit="image",
                  unit_price_micros=IMAGE_PRICE)  # fmt: skip
-    channel_create(name="broken", type="mock", base_url=mock.base_url, model_ids=["img-broken"],
-                   model_mapping={"img-broken": "mock-fault-500"})  # fmt: skip
+    return channel_create(
+        name=f"{model_id}-channel", type="mock", base_url=mock.base_url, model_ids=[model_id],
+        model_mapping={model_id: "mock-fault-500"},
+    )  # fmt: skip
+
+
+def test_a_job_the_upstream_keeps_failing_is_retried_then_failed_and_costs_nothing(
+    relay, customer, worker, mock
+):
+    broken_channel(mock)
 
     task = submit(relay, customer["key"], {**IMAGE_JOB, "model": "img-broken"}).json()
     done = finished(relay, customer["key"], task["id"])
 
-    assert done["status"] == "failed"
+    assert (done["status"], done["attempts"], done["cost_micros"]) == ("failed", 3, 0)
     assert done["error"]["message"]
-    assert done["cost_micros"] == 0
     assert done["result"] is None
     assert books(customer) == (1_000_000, 0)
     log = RequestLog.objects.get(request_id=AsyncTask.objects.get().request_id)
     assert (log.status_code >= 500, log.cost_micros) == (True, 0)
+
+
+def test_a_job_whose_channels_fail_for_now_runs_again_and_succeeds(relay, customer, worker, mock):
+    channel = broken_channel(mock, "img-flaky")
+    task = submit(relay, customer["key"], {**IMAGE_JOB, "model": "img-flaky"}).json()
+    job = AsyncTask.objects.filter(public_id=task["id"])
+    wait_for(lambda: job.filter(status="queued", attempts=1).exists(), 20, "the first failure")
+    assert job.get().error.startswith("Attempt 1 failed, retrying:")
+
+    channel.model_mapping = {}
+    channel.save(update_fields=["model_mapping"])
+    done = finished(relay, customer["key"], task["id"])
+
+    assert (done["status"], done["attempts"], done["cost_micros"]) == ("succeeded", 2, IMAGE_PRICE)
+    assert done["error"] is None
+    assert books(customer) == (1_000_000 - IMAGE_PRICE, 0)
 
 
 def test_a_worker_killed_mid_job_leaves_it_to_another_and_it_is_billed_once(
