@@ -120,6 +120,7 @@ class LogOutput(serializers.ModelSerializer):
             "prompt_tokens",
             "completion_tokens",
             "cached_tokens",
+            "cache_write_tokens",
             "total_tokens",
             "cost_micros",
             "cost_usd",

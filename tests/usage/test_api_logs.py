@@ -79,6 +79,7 @@ def test_the_list_answers_the_owners_calls_with_every_field(client, owner, outsi
                 "prompt_tokens": 1_200,
                 "completion_tokens": 345,
                 "cached_tokens": 128,
+                "cache_write_tokens": 0,
                 "total_tokens": 1_545,
                 "cost_micros": 4_321,
                 "cost_usd": "0.004321",

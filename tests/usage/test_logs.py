@@ -364,6 +364,17 @@ def test_the_details_show_the_status_reason_key_group_attempts_and_the_error(own
         assert text in content
 
 
+def test_the_details_show_prompt_cache_writes_only_when_there_were_some(owner_client, owner):
+    RequestLogFactory(user=owner, request_id="req-cache", cached_tokens=50, cache_write_tokens=75)
+    RequestLogFactory(user=owner, request_id="req-plain")
+
+    cached = owner_client.get("/logs/req-cache/").content.decode()
+    plain = owner_client.get("/logs/req-plain/").content.decode()
+
+    assert "<dt>Cache write tokens</dt><dd>75</dd>" in cached
+    assert "Cache write tokens" not in plain
+
+
 def test_the_details_of_a_success_show_the_response_and_no_error(owner_client, owner):
     RequestLogFactory(user=owner, request_id="req-ok", response_excerpt="Hello there")
 
