@@ -276,6 +276,11 @@ def async_task_finish(
     settlement = call_settle_orm(charge)
     task.status = AsyncTask.Status.FAILED if error else AsyncTask.Status.SUCCEEDED
     task.error = error  # a success clears the note of an earlier failed attempt
+    upload = task.input.get("file") if isinstance(task.input, dict) else None
+    if isinstance(upload, dict) and isinstance(upload.get("data"), str):
+        # The job is done with its upload: keep what it was, not its (base64) bytes.
+        meta = {k: v for k, v in upload.items() if k != "data"}
+        task.input = {**task.input, "file": {**meta, "base64_characters": len(upload["data"])}}
     task.cost_micros = settlement.charged_micros
     task.result = data
     task.finished_at = now

@@ -252,6 +252,9 @@ def test_speech_and_transcription_jobs_store_their_media_and_cost_their_units(
     assert spoken["cost_micros"] == -(-11 * SPEECH_PRICE // 1_000_000)
     assert heard["cost_micros"] == 3 * SECOND_PRICE
     assert heard["result"]["text"].startswith("Mock transcript")
+    # The finished job keeps what its upload was, not its bytes.
+    job_input = AsyncTask.objects.get(public_id=heard["id"]).input
+    assert job_input["file"] == {"filename": "a.wav", "base64_characters": len(audio)}
     path = httpx.URL(spoken["result"]["url"]).raw_path.decode()
     with wave.open(io.BytesIO(httpx.get(relay.url + path, timeout=10).content)) as played:
         assert played.getnframes() > 0
