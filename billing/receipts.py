@@ -9,7 +9,7 @@ credit step gives it its number (TB-YYYYMM-000123) and paid_at.
 import io
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -22,6 +22,7 @@ from reportlab.pdfgen.canvas import Canvas
 
 from billing.models import TopUp
 from billing.selectors import RECEIPT_STATUSES
+from tokenbyte.filters import user_zone
 from tokenbyte.money import format_usd
 
 RECEIPT_ITEM = "Account credit"
@@ -70,13 +71,6 @@ class Receipt:
         return f"receipt-{self.number}.pdf"
 
 
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
 def _local(value: datetime, zone: ZoneInfo) -> str:
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -96,7 +90,7 @@ def topup_receipt(*, topup: TopUp) -> Receipt:
     if topup.status not in RECEIPT_STATUSES or not topup.receipt_number or topup.paid_at is None:
         raise ValueError(f"top-up {topup.pk} has no receipt (status {topup.status})")
     user = topup.user
-    zone = _zone(user.time_zone)
+    zone = user_zone(user)
     refunds = tuple(
         ReceiptRefund(
             refunded_at=_local(refund.created_at, zone), amount_micros=refund.amount_micros

@@ -1,9 +1,8 @@
 import csv
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.db.models import QuerySet, Sum
@@ -12,6 +11,7 @@ from django.urls import reverse
 from accounts.models import User
 from billing.models import Alert, LedgerEntry, TopUp, Wallet
 from tokenbyte.errors import ApplicationError
+from tokenbyte.filters import filter_error, filter_time, user_zone
 from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
 from tokenbyte.money import MICROS_PER_USD, format_usd
 
@@ -148,50 +148,21 @@ class LedgerFilters:
         return self != LedgerFilters()
 
 
-def _zone_of(user: User) -> ZoneInfo:
-    try:
-        return ZoneInfo(user.time_zone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-def _ledger_filter_error(param: str, message: str) -> ApplicationError:
-    return ApplicationError(message, code="invalid_filter", extra={"param": param})
-
-
-def _ledger_time(*, param: str, value: str, zone: ZoneInfo, end: bool) -> datetime:
-    """A date (or date-time) in the user's zone, as the logs' filters read it: a bare date is
-    the start of that day for `from` and the end of it (the next midnight) for `to`."""
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            parsed = datetime.combine(day + timedelta(days=1 if end else 0), time.min)
-        else:
-            parsed = datetime.fromisoformat(value)
-    except (ValueError, OverflowError):
-        raise _ledger_filter_error(
-            param, f"'{value}' is not a date (use 2026-12-01, or 2026-12-01T14:30 for a time)."
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone)
-    return parsed
-
-
 def ledger_filters_parse(*, user: User, params: Mapping[str, str]) -> LedgerFilters:
     """The ledger filters of a query string; empty values are unset. Dates are days in the
     user's time zone, `to` included. Raises ApplicationError(code="invalid_filter", param=…)."""
     values = {name: str(params.get(name) or "").strip() for name in LEDGER_FILTER_PARAMS}
     if values["kind"] and values["kind"] not in LedgerEntry.Kind.values:
         kinds = ", ".join(LedgerEntry.Kind.values)
-        raise _ledger_filter_error("kind", f"kind is one of {kinds}.")
-    zone = _zone_of(user)
+        raise filter_error("kind", f"kind is one of {kinds}.")
+    zone = user_zone(user)
     since = until = None
     if values["from"]:
-        since = _ledger_time(param="from", value=values["from"], zone=zone, end=False)
+        since = filter_time(param="from", value=values["from"], zone=zone, end=False)
     if values["to"]:
-        until = _ledger_time(param="to", value=values["to"], zone=zone, end=True)
+        until = filter_time(param="to", value=values["to"], zone=zone, end=True)
     if since and until and since >= until:
-        raise _ledger_filter_error("to", "'Until' must not be before 'From'.")
+        raise filter_error("to", "'Until' must not be before 'From'.")
     return LedgerFilters(kind=values["kind"], since=since, until=until)
 
 
@@ -269,7 +240,7 @@ def ledger_csv(*, user: User, wallet: Wallet | None, filters: LedgerFilters) -> 
     yield writer.writerow(LEDGER_CSV_COLUMNS)
     if wallet is None:
         return
-    zone = _zone_of(user)
+    zone = user_zone(user)
     entries = ledger_entries_filtered(wallet=wallet, filters=filters)
     for entry in entries.iterator(chunk_size=2000):
         yield writer.writerow(
@@ -286,4 +257,4 @@ def ledger_csv(*, user: User, wallet: Wallet | None, filters: LedgerFilters) -> 
 
 
 def ledger_csv_filename(*, user: User, now: datetime) -> str:
-    return f"tokenbyte-ledger-{now.astimezone(_zone_of(user)):%Y%m%d-%H%M%S}.csv"
+    return f"tokenbyte-ledger-{now.astimezone(user_zone(user)):%Y%m%d-%H%M%S}.csv"

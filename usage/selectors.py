@@ -2,7 +2,7 @@ import csv
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
@@ -15,17 +15,10 @@ from accounts.models import ApiToken, TokenGroup, User
 from billing.selectors import alerts_for_user, wallet_balance_micros_for_user
 from catalog.selectors import models_callable
 from tokenbyte.errors import ApplicationError
+from tokenbyte.filters import filter_error, filter_time, user_zone
 from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
 from tokenbyte.money import MICROS_PER_USD
 from usage.models import RequestLog, UsageRollup
-
-
-def user_zone(user: User) -> ZoneInfo:
-    """The user's time zone (UTC when the stored name is unknown)."""
-    try:
-        return ZoneInfo(user.time_zone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
 
 
 def month_start_for_user(*, user: User, now: datetime | None = None) -> datetime:
@@ -429,31 +422,9 @@ class LogFilters:
 LOG_FILTER_PARAMS = ("from", "to", "model", "key", "group", "call_type", "status")
 
 
-def _filter_error(param: str, message: str) -> ApplicationError:
-    return ApplicationError(message, code="invalid_filter", extra={"param": param})
-
-
-def _parse_log_time(*, param: str, value: str, zone: ZoneInfo, end: bool) -> datetime:
-    """ISO 8601 date or date-time; without an offset it is a time in the user's zone. A bare
-    date means the start of that day for `from` and the end of it (next midnight) for `to`."""
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            parsed = datetime.combine(day + timedelta(days=1 if end else 0), time.min)
-        else:
-            parsed = datetime.fromisoformat(value)
-    except (ValueError, OverflowError):
-        raise _filter_error(
-            param, f"'{value}' is not a date or time (use 2026-12-01 or 2026-12-01T14:30)."
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone)
-    return parsed
-
-
 def _parse_log_id(param: str, value: str) -> int:
     if not value.isdigit() or len(value) > 18:
-        raise _filter_error(param, f"'{value}' is not a {param} id.")
+        raise filter_error(param, f"'{value}' is not a {param} id.")
     return int(value)
 
 
@@ -466,25 +437,25 @@ def log_filters_parse(*, user: User, params: Mapping[str, str]) -> LogFilters:
     for name, value in values.items():
         # PostgreSQL text cannot hold NUL: such a value could never match, and would fail the query.
         if "\x00" in value:
-            raise _filter_error(name, f"{name} cannot contain a NUL character.")
+            raise filter_error(name, f"{name} cannot contain a NUL character.")
     zone = user_zone(user)
     since = until = None
     if values["from"]:
-        since = _parse_log_time(param="from", value=values["from"], zone=zone, end=False)
+        since = filter_time(param="from", value=values["from"], zone=zone, end=False)
     if values["to"]:
-        until = _parse_log_time(param="to", value=values["to"], zone=zone, end=True)
+        until = filter_time(param="to", value=values["to"], zone=zone, end=True)
     if since and until and since >= until:
-        raise _filter_error("to", "'to' must be later than 'from'.")
+        raise filter_error("to", "'to' must be later than 'from'.")
     status = values["status"]
     is_code = status.isdigit() and len(status) == 3 and 100 <= int(status) <= 599
     if status not in ("", LOG_STATUS_SUCCESS, LOG_STATUS_ERROR) and not is_code:
-        raise _filter_error(
+        raise filter_error(
             "status", "status is 'success', 'error' or an HTTP status code such as 429."
         )
     if len(values["model"]) > 100:
-        raise _filter_error("model", "A model id has at most 100 characters.")
+        raise filter_error("model", "A model id has at most 100 characters.")
     if len(values["call_type"]) > 24:
-        raise _filter_error("call_type", "A call type has at most 24 characters.")
+        raise filter_error("call_type", "A call type has at most 24 characters.")
     return LogFilters(
         since=since,
         until=until,

@@ -400,7 +400,7 @@ def test_no_matching_entries_says_so_with_a_way_back(owner_client, ledger):
         ("kind=bonus", "kind is one of topup, usage, refund, grant, adjustment."),
         (
             "from=yesterday",
-            "'yesterday' is not a date (use 2026-12-01, or 2026-12-01T14:30 for a time).",
+            "'yesterday' is not a date or time (use 2026-12-01 or 2026-12-01T14:30).",
         ),
         ("from=2026-12-03&to=2026-12-01", "'Until' must not be before 'From'."),
     ],

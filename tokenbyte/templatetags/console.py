@@ -19,6 +19,7 @@ def usd(micros: int | None) -> str:
 
 
 def _zone(zone_or_user) -> ZoneInfo:
+    # A user (its time_zone) or a zone name; unknown names are UTC, as in user_zone.
     name = getattr(zone_or_user, "time_zone", zone_or_user) or "UTC"
     try:
         return ZoneInfo(str(name))

@@ -11,10 +11,10 @@ from django.urls import reverse
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from tokenbyte.filters import user_zone
 from tokenbyte.money import format_usd
 from tokenbyte.templatetags.console import ms
 from usage.models import RequestLog
-from usage.selectors import user_zone
 
 register = template.Library()
 
