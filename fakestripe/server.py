@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import copy
 import hashlib
@@ -80,7 +79,6 @@ import re
 import secrets
 import signal
 import string
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -93,6 +91,7 @@ import aiohttp
 from aiohttp import web
 
 from fakestripe import pages
+from tokenbyte.loopthread import LoopThread
 
 logger = logging.getLogger(__name__)
 
@@ -1611,7 +1610,7 @@ def _sdk_api_version() -> str:
 # Tests: the server on a background thread
 
 
-class FakeStripe:
+class FakeStripe(LoopThread):
     """A fake Stripe on a free loopback port, served from a daemon thread, for tests.
 
     with FakeStripe(webhook_url=receiver_url, retry_delays=[0.1]) as fake:
@@ -1623,6 +1622,8 @@ class FakeStripe:
     Every method runs on the server's loop, so it is safe from any thread. Errors are
     FakeStripeError (status, message, code, param) as the API would answer them.
     """
+
+    thread_name = "fake-stripe"
 
     def __init__(
         self,
@@ -1637,8 +1638,6 @@ class FakeStripe:
         delivery_timeout: float = DELIVERY_TIMEOUT_SECONDS,
         expiry_check_seconds: float = EXPIRY_CHECK_SECONDS,
     ) -> None:
-        self.host = host
-        self._requested_port = port
         self.server = FakeStripeServer(
             api_key=api_key,
             webhook_url=webhook_url,
@@ -1648,76 +1647,7 @@ class FakeStripe:
             delivery_timeout=delivery_timeout,
             expiry_check_seconds=expiry_check_seconds,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-
-    # lifecycle
-
-    def start(self) -> FakeStripe:
-        if self._thread is not None:
-            return self
-        self._ready.clear()
-        self._startup_error = None
-        self._thread = threading.Thread(target=self._run, name="fake-stripe", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise TimeoutError("the fake Stripe server did not start within 10 s")
-        if self._startup_error is not None:
-            self._thread.join(5)
-            self._thread = None
-            raise self._startup_error
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = None
-        self._loop = None
-
-    def __enter__(self) -> FakeStripe:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self.server.start(self.host, self._requested_port))
-        except BaseException as exc:  # handed to start(), which raises it in the caller
-            self._startup_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._loop = loop
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self.server.close())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("the fake Stripe server is not running; call start() first")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def call() -> None:
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except Exception as exc:
-                future.set_exception(exc)
-
-        loop.call_soon_threadsafe(call)
-        return future.result(timeout=10)
+        super().__init__(self.server, host=host, port=port)
 
     # addresses and settings (read per request or delivery, so they can change while running)
 
@@ -1769,39 +1699,39 @@ class FakeStripe:
     # the controls
 
     def session(self, session_id: str) -> dict[str, Any]:
-        return self._call(self.server.session_get, session_id)
+        return self.call(self.server.session_get, session_id)
 
     def pay(self, session_id: str) -> dict[str, Any]:
-        return self._call(self.server.session_pay, session_id)
+        return self.call(self.server.session_pay, session_id)
 
     def pay_async(self, session_id: str) -> dict[str, Any]:
-        return self._call(self.server.session_pay_async, session_id)
+        return self.call(self.server.session_pay_async, session_id)
 
     def async_succeed(self, session_id: str) -> dict[str, Any]:
-        return self._call(self.server.session_async_succeed, session_id)
+        return self.call(self.server.session_async_succeed, session_id)
 
     def async_fail(self, session_id: str) -> dict[str, Any]:
-        return self._call(self.server.session_async_fail, session_id)
+        return self.call(self.server.session_async_fail, session_id)
 
     def expire(self, session_id: str) -> dict[str, Any]:
-        return self._call(self.server.session_expire, session_id)
+        return self.call(self.server.session_expire, session_id)
 
     def refund(self, payment_intent: str, amount: int | None = None) -> dict[str, Any]:
         """A refund made in Stripe's dashboard: no API call, charge.refunded is sent."""
-        return self._call(self.server.refund_from_dashboard, payment_intent, amount)
+        return self.call(self.server.refund_from_dashboard, payment_intent, amount)
 
     def events(self, type: str | None = None) -> list[dict[str, Any]]:
         """Every event (oldest first): id, type, created, delivery_state, event (the payload as
         delivered), deliveries (attempt, resend, url, started_at, finished_at, status, error,
         response, ok, gave_up)."""
-        return self._call(self.server.events, type)
+        return self.call(self.server.events, type)
 
     def resend(self, event_id: str) -> None:
         """Deliver the event (same id, same body, a fresh signature) again, once, now."""
-        self._call(self.server.resend, event_id)
+        self.call(self.server.resend, event_id)
 
     def reset(self) -> None:
-        self._call(self.server.reset)
+        self.call(self.server.reset)
 
     def wait_for_deliveries(
         self, event_type: str, count: int = 1, timeout: float = 10
@@ -1810,7 +1740,7 @@ class FakeStripe:
         (whatever their outcome); return every finished attempt, oldest first."""
         deadline = time.monotonic() + timeout
         while True:
-            deliveries = self._call(self.server.deliveries, event_type)
+            deliveries = self.call(self.server.deliveries, event_type)
             if len(deliveries) >= count:
                 return deliveries
             if time.monotonic() >= deadline:

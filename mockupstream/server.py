@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import copy
 import email.parser
@@ -53,7 +52,6 @@ import os
 import re
 import signal
 import struct
-import threading
 import time
 import wave
 import zlib
@@ -64,6 +62,8 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
+
+from tokenbyte.loopthread import LoopThread
 
 try:
     import orjson
@@ -1841,7 +1841,7 @@ class _AppKnob:
         setattr(owner._server.app, self.name, value)
 
 
-class MockUpstream:
+class MockUpstream(LoopThread):
     """A mock upstream on a free loopback port, served from a background thread.
 
     with MockUpstream(latency_ms=0) as mock:
@@ -1851,6 +1851,8 @@ class MockUpstream:
         assert mock.last_request["json"]["model"] == "gpt-4o-mini"
     """
 
+    thread_name = "mock-upstream"
+
     def __init__(
         self,
         *,
@@ -1859,63 +1861,8 @@ class MockUpstream:
         latency_ms: int = 0,
         chunk_delay_ms: int = 0,
     ) -> None:
-        self.host = host
-        self._requested_port = port
         self._server = MockServer(latency_ms=latency_ms, chunk_delay_ms=chunk_delay_ms)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-
-    # lifecycle
-
-    def start(self) -> MockUpstream:
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="mock-upstream", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._startup_error is not None:
-            self._thread.join(5)
-            self._thread = None
-            raise self._startup_error
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None or self._loop is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._thread = None
-        self._loop = None
-
-    def __enter__(self) -> MockUpstream:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = _new_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._server.start(self.host, self._requested_port))
-        except BaseException as exc:  # handed to start(), which raises it in the caller
-            self._startup_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._loop = loop
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self._server.close())
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
+        super().__init__(self._server, host=host, port=port, new_loop=_new_loop)
 
     # addresses
 
@@ -1942,33 +1889,18 @@ class MockUpstream:
 
     # statistics, read and reset on the server's own loop so counters are never torn
 
-    def _on_loop(self, fn: Callable[[], Any]) -> Any:
-        loop = self._loop
-        if loop is None:
-            return fn()
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def call() -> None:
-            try:
-                future.set_result(fn())
-            except Exception as exc:
-                future.set_exception(exc)
-
-        loop.call_soon_threadsafe(call)
-        return future.result(timeout=10)
-
     @property
     def stats(self) -> dict[str, Any]:
         """A snapshot: requests, streams_started/completed/cancelled/dropped, by_path, ..."""
-        return self._on_loop(self._server.app.stats.snapshot)
+        return self.call(self._server.app.stats.snapshot)
 
     @property
     def last_request(self) -> dict[str, Any] | None:
         """The last provider request: method, path, query, headers (lower-case), json, body_size."""
-        return self._on_loop(lambda: copy.deepcopy(self._server.app.stats.last))
+        return self.call(lambda: copy.deepcopy(self._server.app.stats.last))
 
     def reset(self) -> None:
-        self._on_loop(self._server.app.stats.reset)
+        self.call(self._server.app.stats.reset)
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
