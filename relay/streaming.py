@@ -35,11 +35,11 @@ def _delta_text(chunk: dict) -> str:
     return "".join(parts)
 
 
-class SSEMeter:
-    """Splits an upstream SSE byte stream into events and meters them."""
+class StreamMeter:
+    """Splits an upstream SSE byte stream into events (each handed to `_process`, which says
+    what to forward) and keeps what the stream delivered: text, usage, an error, an excerpt."""
 
-    def __init__(self, *, show_usage: bool, cost_for: Callable[[Usage], float]) -> None:
-        self.show_usage = show_usage
+    def __init__(self, *, cost_for: Callable[[Usage], float]) -> None:
         self.cost_for = cost_for
         self.buffer = b""
         self.usage: Usage | None = None
@@ -52,8 +52,6 @@ class SSEMeter:
         self.first_content_seen = False
         self.excerpt: list[str] = []
         self._excerpt_len = 0
-        # id, model and created of the first chunk, for a usage chunk of our own.
-        self.meta: tuple | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Complete events (with their blank-line terminator) to forward now."""
@@ -70,6 +68,35 @@ class SSEMeter:
             if forwarded:
                 out.append(forwarded)
         return out
+
+    def _process(self, event: bytes) -> bytes | None:
+        """What to forward for one complete event (itself, a rewritten one, or None)."""
+        return event
+
+    def add_text(self, text: str) -> None:
+        if not text:
+            return
+        self.first_content_seen = True
+        self.delivered_text.append(text)
+        if self._excerpt_len < 500:
+            self.excerpt.append(text)
+            self._excerpt_len += len(text)
+
+    def delivered_completion_tokens(self) -> int:
+        return count_text("".join(self.delivered_text))
+
+    def response_excerpt(self) -> str:
+        return "".join(self.excerpt)[:500]
+
+
+class SSEMeter(StreamMeter):
+    """Meters OpenAI's chat stream (`data:` chunks ending in [DONE])."""
+
+    def __init__(self, *, show_usage: bool, cost_for: Callable[[Usage], float]) -> None:
+        super().__init__(cost_for=cost_for)
+        self.show_usage = show_usage
+        # id, model and created of the first chunk, for a usage chunk of our own.
+        self.meta: tuple | None = None
 
     def _process(self, event: bytes) -> bytes | None:
         data_lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
@@ -95,13 +122,7 @@ class SSEMeter:
                 str(error.get("code") or error.get("type") or "upstream_error"),
             )
             return event
-        text = _delta_text(chunk)
-        if text:
-            self.first_content_seen = True
-            self.delivered_text.append(text)
-            if self._excerpt_len < 500:
-                self.excerpt.append(text)
-                self._excerpt_len += len(text)
+        self.add_text(_delta_text(chunk))
         usage = Usage.from_openai(chunk.get("usage"))
         if usage is None:
             return event
@@ -113,12 +134,6 @@ class SSEMeter:
         else:
             chunk["usage"]["cost"] = self.cost_for(usage)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-    def delivered_completion_tokens(self) -> int:
-        return count_text("".join(self.delivered_text))
-
-    def response_excerpt(self) -> str:
-        return "".join(self.excerpt)[:500]
 
 
 def usage_event(meter: SSEMeter, usage: Usage, cost: float) -> bytes:
@@ -163,41 +178,13 @@ def named_event(name: str, payload: dict) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-class EventMeter:
+class EventMeter(StreamMeter):
     """Splits a stream of named events (`event:` then `data:`) into events and meters them.
 
-    It has SSEMeter's attributes, so one pump streams either format; a subclass reads its
+    Like SSEMeter it is a StreamMeter, so one pump streams either format; a subclass reads its
     format's events in `read`. `done` means the stream reached its end in its format (for these
     formats an error event is one: nothing follows it).
     """
-
-    def __init__(self, *, cost_for: Callable[[Usage], float]) -> None:
-        self.cost_for = cost_for
-        self.buffer = b""
-        self.usage: Usage | None = None
-        self.delivered_text: list[str] = []
-        self.done = False
-        self.malformed = False
-        self.error: tuple[str, str] | None = None
-        self.first_content_seen = False
-        self.excerpt: list[str] = []
-        self._excerpt_len = 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Complete events (with their blank-line terminator) to forward now."""
-        self.buffer += data
-        if b"\r\n" in self.buffer:
-            self.buffer = self.buffer.replace(b"\r\n", b"\n")
-        out = []
-        while not self.malformed:
-            end = self.buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, self.buffer = self.buffer[: end + 2], self.buffer[end + 2 :]
-            forwarded = self._process(event)
-            if forwarded:
-                out.append(forwarded)
-        return out
 
     def _process(self, event: bytes) -> bytes | None:
         name = ""
@@ -219,20 +206,6 @@ class EventMeter:
         return self.read(str(payload.get("type") or name), payload, event)
 
     def read(self, kind: str, payload: dict, event: bytes) -> bytes | None:
-        """What to forward for one event (`event` itself, a rewritten one, or None)."""
-        raise NotImplementedError
-
-    def add_text(self, text: str) -> None:
-        if not text:
-            return
-        self.first_content_seen = True
-        self.delivered_text.append(text)
-        if self._excerpt_len < 500:
-            self.excerpt.append(text)
-            self._excerpt_len += len(text)
-
-    def delivered_completion_tokens(self) -> int:
-        return count_text("".join(self.delivered_text))
-
-    def response_excerpt(self) -> str:
-        return "".join(self.excerpt)[:500]
+        """What to forward for one event of its format (`event` itself, a rewritten one, or
+        None); a subclass reads what it meters first."""
+        return event
