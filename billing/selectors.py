@@ -12,7 +12,7 @@ from accounts.models import User
 from billing.models import Alert, LedgerEntry, TopUp, Wallet
 from tokenbyte.errors import ApplicationError
 from tokenbyte.filters import filter_error, filter_time, user_zone
-from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
+from tokenbyte.keyset import KeysetPage, keyset_page
 from tokenbyte.money import MICROS_PER_USD, format_usd
 
 
@@ -179,11 +179,8 @@ def ledger_entries_filtered(*, wallet: Wallet, filters: LedgerFilters) -> QueryS
     return entries
 
 
-@dataclass(frozen=True)
-class LedgerPage:
-    rows: list[LedgerEntry]
-    # The cursor of the page after this one; None on the last page.
-    next_cursor: str | None
+# A page of the ledger: `rows` and the `next_cursor` (None on the last page).
+LedgerPage = KeysetPage
 
 
 def ledger_page(
@@ -191,16 +188,7 @@ def ledger_page(
 ) -> LedgerPage:
     """One page of `ledger_entries_filtered(...)` after the cursor, in one query (keyset:
     a page deep in a long ledger costs what the first one does)."""
-    if cursor:
-        when, pk = cursor_decode(cursor)
-        entries = rows_after(entries, when=when, pk=pk)
-    rows = list(entries[: size + 1])
-    if len(rows) <= size:
-        return LedgerPage(rows=rows, next_cursor=None)
-    rows = rows[:size]
-    return LedgerPage(
-        rows=rows, next_cursor=cursor_encode(when=rows[-1].created_at, pk=rows[-1].pk)
-    )
+    return keyset_page(entries, cursor=cursor, size=size)
 
 
 LEDGER_CSV_COLUMNS = [

@@ -198,6 +198,15 @@ def log_row(outcome: "Outcome", now: datetime) -> dict:
     }
 
 
+async def settle_outcome(outcome: "Outcome", admission: "ratelimit.Admission | None") -> None:
+    """A finished call's last steps, for every endpoint: correct the TPM windows, then settle
+    (so a later call sees both) and check the alerts."""
+    await ratelimit.correct(admission, outcome.used_tokens)
+    settled = await settlement.call_settle(charge_of(outcome))
+    if not settled.queued:
+        alerts.after_settlement(outcome.key, settled)
+
+
 class Call:
     """One relayed generation call, from its parsed body to its settlement."""
 
@@ -338,10 +347,7 @@ class Call:
         if self._finished:
             return
         self._finished = True
-        await ratelimit.correct(self.admission, self.outcome.used_tokens)
-        settled = await settlement.call_settle(charge_of(self.outcome))
-        if not settled.queued:
-            alerts.after_settlement(self.key, settled)
+        await settle_outcome(self.outcome, self.admission)
 
     async def finish_before_end(self) -> None:
         """Settle while the response is still open; the answer is out, so a failure here is

@@ -9,7 +9,7 @@ from django.conf import settings
 from billing import settlement
 from billing.holds import HoldRefusal, HoldRefused, HoldRequest
 from relay import alerts, keys, media, metering, ratelimit, routing
-from relay.calls import CLIENT_CLOSED, Call, Endpoint, Outcome, charge_of, resolve_model
+from relay.calls import CLIENT_CLOSED, Call, Endpoint, Outcome, resolve_model, settle_outcome
 from relay.http import ClientDisconnected, RelayError, Request, run_until_disconnect
 from relay.upstream import BrokenStream
 from relay.validation import validate_body
@@ -275,10 +275,7 @@ class MediaCall:
         if self._finished:
             return
         self._finished = True
-        await ratelimit.correct(self.admission, self.outcome.used_tokens)
-        settled = await settlement.call_settle(charge_of(self.outcome))
-        if not settled.queued:
-            alerts.after_settlement(self.key, settled)
+        await settle_outcome(self.outcome, self.admission)
 
     async def finish_quietly(self) -> None:
         try:

@@ -10,6 +10,7 @@ timestamp and id.
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import Q, QuerySet
@@ -53,4 +54,26 @@ def rows_after(
     """
     return queryset.filter(**{f"{field}__lte": when}).filter(
         Q(**{f"{field}__lt": when}) | Q(pk__lt=pk)
+    )
+
+
+@dataclass(frozen=True)
+class KeysetPage:
+    rows: list
+    # The cursor of the page after this one; None on the last page.
+    next_cursor: str | None
+
+
+def keyset_page(queryset: QuerySet, *, cursor: str, size: int) -> KeysetPage:
+    """`size` rows of a (created_at DESC, id DESC) queryset after the cursor, in one query (one
+    row more than the page tells whether another follows)."""
+    if cursor:
+        when, pk = cursor_decode(cursor)
+        queryset = rows_after(queryset, when=when, pk=pk)
+    rows = list(queryset[: size + 1])
+    if len(rows) <= size:
+        return KeysetPage(rows=rows, next_cursor=None)
+    rows = rows[:size]
+    return KeysetPage(
+        rows=rows, next_cursor=cursor_encode(when=rows[-1].created_at, pk=rows[-1].pk)
     )

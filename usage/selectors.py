@@ -16,7 +16,7 @@ from billing.selectors import alerts_for_user, wallet_balance_micros_for_user
 from catalog.selectors import models_callable
 from tokenbyte.errors import ApplicationError
 from tokenbyte.filters import filter_error, filter_time, user_zone
-from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
+from tokenbyte.keyset import KeysetPage, keyset_page, rows_after
 from tokenbyte.money import MICROS_PER_USD
 from usage.models import RequestLog, UsageRollup
 
@@ -506,27 +506,15 @@ LOG_LIST_FIELDS = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class LogPage:
-    rows: list[RequestLog]
-    # The cursor of the page after this one; None on the last page.
-    next_cursor: str | None
+# A page of logs: `rows` and the `next_cursor` (None on the last page).
+LogPage = KeysetPage
 
 
 def request_logs_page(
     logs: QuerySet[RequestLog], *, cursor: str = "", size: int = LOG_PAGE_SIZE
 ) -> LogPage:
     """One page of `request_logs_filtered(...)`: `size` rows after the cursor (one query)."""
-    if cursor:
-        when, pk = cursor_decode(cursor)
-        logs = rows_after(logs, when=when, pk=pk)
-    rows = list(logs[: size + 1])
-    if len(rows) <= size:
-        return LogPage(rows=rows, next_cursor=None)
-    rows = rows[:size]
-    last = rows[-1]
-    next_cursor = cursor_encode(when=last.created_at, pk=last.pk)
-    return LogPage(rows=rows, next_cursor=next_cursor)
+    return keyset_page(logs, cursor=cursor, size=size)
 
 
 def log_filter_options(*, user: User) -> dict[str, list[tuple[int, str]]]:
