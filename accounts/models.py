@@ -70,6 +70,10 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=120, unique=True)
     created_by = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
+    # IANA zone name: member allowances restart at the first of the month here.
+    time_zone = models.CharField(max_length=64, default="UTC")
+    # Whether members (not only owners and admins) may have keys spending from the wallet.
+    member_keys_enabled = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["name"]
@@ -91,9 +95,12 @@ class Membership(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
     # Monthly spending allowance from the organization wallet, micro-USD; null = no allowance cap.
     monthly_allowance_micros = models.BigIntegerField(null=True, blank=True)
-    # Spent (and held) this period, micro-USD; reset at the start of each month.
+    # Spent this period plus what the member's calls in flight hold, micro-USD; counted for
+    # every member (with or without an allowance) and restarted on the first of each month.
     allowance_used_micros = models.BigIntegerField(default=0)
+    # First day of the period allowance_used_micros counts, in the organization's time zone.
     allowance_period_start = models.DateField(null=True, blank=True)
+    # An owner or admin may stop one member's keys without removing them.
     can_create_keys = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -110,12 +117,14 @@ class Membership(models.Model):
 
 
 class Invitation(models.Model):
-    """An invitation to join an organization, by emailed link. Only the token's digest is stored."""
+    """An invitation to join an organization: emailed to one address, or a link to share (no
+    email). Single use and expiring; only the token's digest is stored."""
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="invitations"
     )
-    email = models.EmailField()
+    # Blank for a shareable link: whoever opens it first (signed in) may accept it.
+    email = models.EmailField(blank=True)
     role = models.CharField(max_length=10, choices=Membership.Role.choices, default="member")
     token_digest = models.CharField(max_length=64, unique=True)
     invited_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
@@ -126,12 +135,13 @@ class Invitation(models.Model):
         User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
+    declined_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"Invitation of {self.email} to {self.organization}"
+        return f"Invitation of {self.email or 'a link holder'} to {self.organization}"
 
 
 class QuotaReset(models.TextChoices):
@@ -281,6 +291,10 @@ class AuditEvent(models.Model):
         EMAIL_CHANGED = "email_changed", "Email changed"
         SOCIAL_LINKED = "social_linked", "Provider linked"
         SOCIAL_UNLINKED = "social_unlinked", "Provider unlinked"
+        ORG_CREATED = "org_created", "Organization created"
+        ORG_JOINED = "org_joined", "Joined an organization"
+        ORG_LEFT = "org_left", "Left or removed from an organization"
+        ORG_ROLE_CHANGED = "org_role_changed", "Organization role changed"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="audit_events")
     kind = models.CharField(max_length=32, choices=Kind.choices)

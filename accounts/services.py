@@ -6,19 +6,25 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.core.mail import send_mail
 from django.db import transaction
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
+from django.utils.text import slugify
 
 from accounts.models import (
     ApiToken,
     AuditEvent,
+    Invitation,
     LimitsMixin,
+    Membership,
     Organization,
     PersonalAccessToken,
     QuotaReset,
@@ -26,6 +32,9 @@ from accounts.models import (
     User,
 )
 from tokenbyte.errors import ApplicationError
+
+if TYPE_CHECKING:
+    from accounts.scope import Scope
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +156,8 @@ def api_token_create(
         raise ApplicationError("the expiry must be in the future", extra={"param": "expires_at"})
     if group is not None and group.owner_id != owner.pk:
         raise ApplicationError("the group belongs to someone else", extra={"param": "group"})
+    if organization is not None:
+        _check_org_keys(owner, organization)
     _check_non_negative(
         rpm=rpm,
         tpm=tpm,
@@ -187,6 +198,24 @@ def api_token_create(
             user=owner, kind=AuditEvent.Kind.KEY_CREATED, detail=f"{token.name} ({token.prefix}…)"
         )
     return token, key
+
+
+def _check_org_keys(owner: User, organization: Organization) -> None:
+    """A key spending from an organization's wallet: only for a member whose keys may work."""
+    from accounts.scope import member_keys_allowed
+
+    membership = Membership.objects.filter(organization=organization, user=owner).first()
+    if membership is None:
+        raise ApplicationError(f"You are not a member of {organization}.", code="not_found")
+    if not member_keys_allowed(
+        role=membership.role,
+        member_keys_enabled=organization.member_keys_enabled,
+        can_create_keys=membership.can_create_keys,
+    ):
+        raise ApplicationError(
+            f"{organization} does not let you create keys: ask an owner or admin.",
+            code="organization_keys_not_allowed",
+        )
 
 
 def api_token_set_status(*, token: ApiToken, status: str) -> bool:
@@ -856,3 +885,365 @@ def access_token_authenticate(*, secret: str) -> PersonalAccessToken | None:
         PersonalAccessToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+# --- organizations: members, roles, invitations (accounts/scope.py has the permissions) --------
+
+INVITATION_TTL = timedelta(days=7)
+SEND_INVITATION = "tasks.tasks.send_invitation_email"
+
+
+def _org_slug(name: str) -> str:
+    base = slugify(name)[:100] or "org"
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def _clean_zone(time_zone: str) -> str:
+    if time_zone not in available_timezones():
+        raise ApplicationError(f"unknown time zone: {time_zone!r}", extra={"param": "time_zone"})
+    return time_zone
+
+
+def allowance_period_start(*, time_zone: str, now: datetime | None = None) -> date:
+    """The first day of the current month in the organization's time zone."""
+    local = (now or timezone.now()).astimezone(_zone(time_zone))
+    return local.date().replace(day=1)
+
+
+def organization_create(*, user: User, name: str, time_zone: str = "") -> Organization:
+    """A new organization with its own wallet; its creator is its first owner."""
+    from billing.services import wallet_get_or_create
+
+    name = _clean_name(name, what="organization")
+    time_zone = _clean_zone(time_zone or user.time_zone)
+    with transaction.atomic():
+        org = Organization.objects.create(
+            name=name, slug=_org_slug(name), created_by=user, time_zone=time_zone
+        )
+        Membership.objects.create(
+            organization=org,
+            user=user,
+            role=Membership.Role.OWNER,
+            allowance_period_start=allowance_period_start(time_zone=time_zone),
+        )
+        wallet_get_or_create(organization=org)
+        audit_event_record(user=user, kind=AuditEvent.Kind.ORG_CREATED, detail=org.name)
+    return org
+
+
+def organization_update(
+    *,
+    scope: "Scope",
+    name: str | None = None,
+    time_zone: str | None = None,
+    member_keys_enabled: bool | None = None,
+) -> Organization:
+    from accounts.scope import Perm
+
+    scope.require(Perm.EDIT)
+    org = scope.organization
+    fields = []
+    if name is not None:
+        org.name = _clean_name(name, what="organization")
+        fields.append("name")
+    if time_zone is not None and time_zone != org.time_zone:
+        # The current period keeps its start; the next one begins on the new zone's first.
+        org.time_zone = _clean_zone(time_zone)
+        fields.append("time_zone")
+    if member_keys_enabled is not None:
+        org.member_keys_enabled = member_keys_enabled
+        fields.append("member_keys_enabled")
+    if fields:
+        org.save(update_fields=fields)
+    return org
+
+
+def invitation_token(invitation: Invitation) -> str:
+    """The invitation's secret, derived from its id, creation time and SECRET_KEY: only its
+    digest is stored, yet the email task and the organization's page can show the link again."""
+    mac = salted_hmac(
+        "tokenbyte.invitation", f"{invitation.pk}:{invitation.created_at.isoformat()}"
+    )
+    return "inv_" + mac.hexdigest()[:40]
+
+
+def invitation_url(invitation: Invitation) -> str:
+    return f"{settings.SITE_URL}/organization/invitations/{invitation_token(invitation)}/"
+
+
+def invitation_state(invitation: Invitation, *, now: datetime | None = None) -> str:
+    """pending, accepted, declined, revoked or expired."""
+    if invitation.accepted_at is not None:
+        return "accepted"
+    if invitation.declined_at is not None:
+        return "declined"
+    if invitation.revoked_at is not None:
+        return "revoked"
+    if invitation.expires_at <= (now or timezone.now()):
+        return "expired"
+    return "pending"
+
+
+def _check_grantable(scope: "Scope", role: str) -> None:
+    from accounts.scope import Perm
+
+    if role not in Membership.Role.values:
+        raise ApplicationError(
+            f"role must be one of {', '.join(Membership.Role.values)}", extra={"param": "role"}
+        )
+    # Only owners hand out the roles above member.
+    if role != Membership.Role.MEMBER and not scope.can(Perm.SET_ROLE):
+        raise ApplicationError(
+            f"Only an owner can invite or make someone {role}.",
+            code="permission_denied",
+            extra={"param": "role"},
+        )
+
+
+def invitation_create(
+    *, scope: "Scope", email: str = "", role: str = Membership.Role.MEMBER
+) -> Invitation:
+    """Invite one address by email, or (no email) make a shareable single-use link. Both expire
+    after INVITATION_TTL. A new invitation to an address revokes its pending one."""
+    from accounts.scope import Perm
+
+    scope.require(Perm.INVITE)
+    _check_grantable(scope, role)
+    org = scope.organization
+    email = User.objects.normalize_email(email.strip()).lower() if email else ""
+    if email:
+        if "@" not in email:
+            raise ApplicationError(f"not an email address: {email!r}", extra={"param": "email"})
+        if Membership.objects.filter(organization=org, user__email=email).exists():
+            raise ApplicationError(
+                f"{email} is already a member of {org}.", code="already_member",
+                extra={"param": "email"},
+            )  # fmt: skip
+    now = timezone.now()
+    with transaction.atomic():
+        if email:
+            Invitation.objects.filter(
+                organization=org, email=email, accepted_at__isnull=True,
+                declined_at__isnull=True, revoked_at__isnull=True,
+            ).update(revoked_at=now)  # fmt: skip
+        invitation = Invitation.objects.create(
+            organization=org,
+            email=email,
+            role=role,
+            # Unique and unguessable until the real digest replaces it below (the secret
+            # derives from the row's id).
+            token_digest=secrets.token_hex(32),
+            invited_by=scope.user,
+            created_at=now,
+            expires_at=now + INVITATION_TTL,
+        )
+        invitation.token_digest = api_key_digest(invitation_token(invitation))
+        invitation.save(update_fields=["token_digest"])
+        if email:
+            from tokenbyte.celery import task_queue
+
+            transaction.on_commit(
+                lambda pk=invitation.pk: task_queue(SEND_INVITATION, pk), robust=True
+            )
+    return invitation
+
+
+def invitation_email_send(*, invitation_id: int) -> bool:
+    """Email a pending invitation its link (the task queued by invitation_create)."""
+    invitation = (
+        Invitation.objects.select_related("organization", "invited_by")
+        .filter(pk=invitation_id)
+        .first()
+    )
+    if invitation is None or not invitation.email or invitation_state(invitation) != "pending":
+        return False
+    context = {
+        "invitation": invitation,
+        "url": invitation_url(invitation),
+        "site_name": settings.SITE_NAME,
+        "inviter": invitation.invited_by.email if invitation.invited_by else "An owner",
+    }
+    send_mail(
+        subject=f"You are invited to join {invitation.organization} on {settings.SITE_NAME}",
+        message=render_to_string("accounts/emails/invitation.txt", context),
+        from_email=None,
+        recipient_list=[invitation.email],
+    )
+    return True
+
+
+def invitation_for_token(*, token: str) -> Invitation | None:
+    if not token.startswith("inv_"):
+        return None
+    return (
+        Invitation.objects.select_related("organization", "invited_by")
+        .filter(token_digest=api_key_digest(token))
+        .first()
+    )
+
+
+def _open_invitation(invitation: Invitation, user: User, now: datetime) -> Invitation:
+    """The invitation locked, if it is still pending and meant for this user."""
+    locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    state = invitation_state(locked, now=now)
+    if state != "pending":
+        raise ApplicationError(
+            f"This invitation is {state}: ask for a new one.", code=f"invitation_{state}"
+        )
+    if locked.email and locked.email != user.email.lower():
+        raise ApplicationError(
+            f"This invitation is for {locked.email}; you are signed in as {user.email}.",
+            code="invitation_other_email",
+        )
+    return locked
+
+
+def invitation_accept(*, invitation: Invitation, user: User) -> Membership:
+    """Join: single use (the row is locked, so two accepts of one link make one member)."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = _open_invitation(invitation, user, now)
+        org = locked.organization
+        if Membership.objects.filter(organization=org, user=user).exists():
+            raise ApplicationError(f"You are already a member of {org}.", code="already_member")
+        membership = Membership.objects.create(
+            organization=org,
+            user=user,
+            role=locked.role,
+            allowance_period_start=allowance_period_start(time_zone=org.time_zone, now=now),
+            created_at=now,
+        )
+        locked.accepted_at = now
+        locked.accepted_by = user
+        locked.save(update_fields=["accepted_at", "accepted_by"])
+        audit_event_record(
+            user=user, kind=AuditEvent.Kind.ORG_JOINED, detail=f"{org} ({locked.role})"
+        )
+    return membership
+
+
+def invitation_decline(*, invitation: Invitation, user: User) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        locked = _open_invitation(invitation, user, now)
+        locked.declined_at = now
+        locked.save(update_fields=["declined_at"])
+
+
+def invitation_revoke(*, scope: "Scope", invitation: Invitation) -> bool:
+    from accounts.scope import Perm
+
+    scope.require(Perm.INVITE)
+    if invitation.organization_id != scope.organization_id:
+        raise ApplicationError("no such invitation", code="not_found")
+    return bool(
+        Invitation.objects.filter(
+            pk=invitation.pk, accepted_at__isnull=True, declined_at__isnull=True,
+            revoked_at__isnull=True,
+        ).update(revoked_at=timezone.now())
+    )  # fmt: skip
+
+
+def _lock_members(org_id: int) -> list[Membership]:
+    """Every membership of the organization, locked in id order: role changes and removals
+    serialise, so two of them cannot both take away the last owner."""
+    return list(
+        Membership.objects.select_for_update().filter(organization_id=org_id).order_by("pk")
+    )
+
+
+def _check_not_last_owner(members: list[Membership], target: Membership) -> None:
+    owners = [m for m in members if m.role == Membership.Role.OWNER]
+    if target.role == Membership.Role.OWNER and len(owners) == 1:
+        raise ApplicationError(
+            "An organization needs an owner: make someone else owner first.",
+            code="last_owner",
+        )
+
+
+def _target_in(members: list[Membership], target: Membership) -> Membership:
+    for member in members:
+        if member.pk == target.pk:
+            return member
+    raise ApplicationError("no such member", code="not_found")
+
+
+def member_remove(*, scope: "Scope", membership: Membership) -> int:
+    """Remove a member (or leave, for one's own membership). Their organization keys are
+    revoked in the same transaction, and the relay refuses them within its key cache's second.
+    Returns how many keys were revoked."""
+    from accounts.scope import Perm
+
+    leaving = membership.user_id == scope.user.pk
+    with transaction.atomic():
+        members = _lock_members(scope.organization_id)
+        target = _target_in(members, membership)
+        if not leaving:
+            is_member = target.role == Membership.Role.MEMBER
+            scope.require(Perm.REMOVE_MEMBER if is_member else Perm.REMOVE_ADMIN)
+        _check_not_last_owner(members, target)
+        revoked = (
+            ApiToken.objects.filter(organization_id=target.organization_id, owner_id=target.user_id)
+            .exclude(status=ApiToken.Status.REVOKED)
+            .update(status=ApiToken.Status.REVOKED)
+        )
+        Membership.objects.filter(pk=target.pk).delete()
+        org = scope.organization
+        detail = f"left {org}" if leaving else f"removed from {org} by {scope.user.email}"
+        audit_event_record(user_id=target.user_id, kind=AuditEvent.Kind.ORG_LEFT, detail=detail)
+    return revoked
+
+
+def member_role_set(*, scope: "Scope", membership: Membership, role: str) -> Membership:
+    from accounts.scope import Perm
+
+    scope.require(Perm.SET_ROLE)
+    if role not in Membership.Role.values:
+        raise ApplicationError(
+            f"role must be one of {', '.join(Membership.Role.values)}", extra={"param": "role"}
+        )
+    with transaction.atomic():
+        members = _lock_members(scope.organization_id)
+        target = _target_in(members, membership)
+        if target.role == role:
+            return target
+        if role != Membership.Role.OWNER:
+            _check_not_last_owner(members, target)
+        old = target.role
+        target.role = role
+        target.save(update_fields=["role"])
+        audit_event_record(
+            user_id=target.user_id, kind=AuditEvent.Kind.ORG_ROLE_CHANGED,
+            detail=f"{target.organization}: {old} → {role} by {scope.user.email}",
+        )  # fmt: skip
+    return target
+
+
+def member_update(
+    *,
+    scope: "Scope",
+    membership: Membership,
+    monthly_allowance_micros: int | None = UNSET,
+    can_create_keys: bool | None = None,
+) -> Membership:
+    """Set a member's monthly allowance (None: no cap) or whether their keys may work."""
+    from accounts.scope import Perm
+
+    scope.require(Perm.SET_ALLOWANCE)
+    if membership.organization_id != scope.organization_id:
+        raise ApplicationError("no such member", code="not_found")
+    fields = []
+    if monthly_allowance_micros is not UNSET:
+        _check_non_negative(monthly_allowance=monthly_allowance_micros)
+        membership.monthly_allowance_micros = monthly_allowance_micros
+        fields.append("monthly_allowance_micros")
+    if can_create_keys is not None:
+        membership.can_create_keys = can_create_keys
+        fields.append("can_create_keys")
+    if fields:
+        membership.save(update_fields=fields)
+    return membership

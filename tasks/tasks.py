@@ -1,6 +1,6 @@
 """Celery tasks: take ids, are safe to run twice, call one service each."""
 
-from accounts.services import playground_keys_delete_expired
+from accounts.services import invitation_email_send, playground_keys_delete_expired
 from billing.receipts import topup_receipt_email_send
 from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
 from catalog.services import channels_probe_disabled
@@ -109,3 +109,16 @@ def expire_task_media() -> int:
 def reconcile_usage_rollups() -> int:
     """Hourly: check the last hours' usage rollups against their logs, correcting any drift."""
     return usage_rollups_reconcile()
+
+
+@app.task(
+    time_limit=60,
+    soft_time_limit=50,
+    # Like the other emails: SMTP trouble (all OSError) is retried a few times, spaced out.
+    autoretry_for=(OSError,),
+    retry_backoff=30,
+    max_retries=5,
+)
+def send_invitation_email(invitation_id: int) -> bool:
+    """After an email invitation is created: send its link to the invited address."""
+    return invitation_email_send(invitation_id=invitation_id)
