@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Protocol
 
-from accounts.models import ApiToken, TokenGroup
+from accounts.models import ApiToken, Membership, TokenGroup
 from billing.models import Wallet
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import TOKENS_PER_PRICE_UNIT, ceil_div, format_usd
@@ -27,6 +27,7 @@ class HoldRefusal(IntEnum):
     GROUP_CREDIT = 5
     PER_REQUEST_CAP = 6
     NO_WALLET = 7
+    MEMBER_ALLOWANCE = 8  # billing_hold returns it too (after the first five)
 
     @property
     def is_quota(self) -> bool:
@@ -37,6 +38,7 @@ REFUSAL_CODES = {
     HoldRefusal.KEY_QUOTA: "token_quota_exceeded",
     HoldRefusal.GROUP_QUOTA: "token_quota_exceeded",
     HoldRefusal.PER_REQUEST_CAP: "per_request_cap_exceeded",
+    HoldRefusal.MEMBER_ALLOWANCE: "member_allowance_exceeded",
 }
 
 
@@ -74,6 +76,10 @@ class HoldKey(Protocol):
     max_cost_per_request_micros: int | None
     quota_tokens: int | None
     group_quota_tokens: int | None
+    # An organization key: its owner's membership, whose monthly allowance (None: no cap) every
+    # call of the member's keys counts against.
+    membership_id: int | None
+    allowance_micros: int | None
 
     @property
     def credit_limited(self) -> bool: ...
@@ -188,6 +194,23 @@ class HoldParts:
     key_quota: bool = False
     group_credit: bool = False
     group_quota: bool = False
+    # The member whose monthly allowance counts the call (the whole amount), or None.
+    membership_id: int | None = None
+
+
+def hold_parts_of(key: HoldKey, tokens: int = 0, *, quotas: bool = True) -> HoldParts:
+    """The counters a call of this key moves besides the wallet (token quotas only when
+    `quotas`: a call that uses no tokens leaves them alone)."""
+    return HoldParts(
+        tokens=tokens,
+        key_id=key.key_id,
+        group_id=key.group_id,
+        key_credit=key.credit_limited,
+        key_quota=quotas and key.quota_limited,
+        group_credit=key.group_credit_limited,
+        group_quota=quotas and key.group_quota_limited,
+        membership_id=key.membership_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +229,13 @@ class Plan:
 WALLET_SHORT = "the balance cannot cover it"
 CREDIT_LIMIT_REACHED = "the key's credit limit is reached"
 GROUP_CREDIT_LIMIT_REACHED = "the token group's credit limit is reached"
+ALLOWANCE_REACHED = "your monthly allowance in this organization is reached"
 PER_REQUEST_CAP = "the key's per-request cap allows less"
 MONEY_REASONS = {
     HoldRefusal.WALLET: WALLET_SHORT,
     HoldRefusal.KEY_CREDIT: CREDIT_LIMIT_REACHED,
     HoldRefusal.GROUP_CREDIT: GROUP_CREDIT_LIMIT_REACHED,
+    HoldRefusal.MEMBER_ALLOWANCE: ALLOWANCE_REACHED,
 }
 
 
@@ -223,6 +248,7 @@ class Budget:
     group_credit_micros: int | None = None
     key_tokens: int | None = None
     group_tokens: int | None = None
+    allowance_micros: int | None = None
 
     def money(self, key: HoldKey) -> tuple[int, str]:
         """What one call of this key may spend, micro-USD, and what sets that amount."""
@@ -231,6 +257,8 @@ class Budget:
             options.append((self.key_credit_micros, CREDIT_LIMIT_REACHED))
         if self.group_credit_micros is not None:
             options.append((self.group_credit_micros, GROUP_CREDIT_LIMIT_REACHED))
+        if self.allowance_micros is not None:
+            options.append((self.allowance_micros, ALLOWANCE_REACHED))
         if key.max_cost_per_request_micros is not None:
             options.append((key.max_cost_per_request_micros, PER_REQUEST_CAP))
         amount, reason = min(options, key=lambda option: option[0])
@@ -250,37 +278,51 @@ class Budget:
 
 def _budget_sql() -> str:
     wallet, key, group = Wallet._meta.db_table, ApiToken._meta.db_table, TokenGroup._meta.db_table
+    member = Membership._meta.db_table
     return (
         f"SELECT (SELECT balance_micros - held_micros FROM {wallet} WHERE id = %s),"  # noqa: S608
         " k.credit_limit_micros - k.credit_used_micros, k.quota_tokens - k.quota_used_tokens,"
         f" (SELECT credit_limit_micros - credit_used_micros FROM {group} WHERE id = %s),"
-        f" (SELECT quota_tokens - quota_used_tokens FROM {group} WHERE id = %s)"
+        f" (SELECT quota_tokens - quota_used_tokens FROM {group} WHERE id = %s),"
+        f" (SELECT monthly_allowance_micros - allowance_used_micros FROM {member} WHERE id = %s)"
         f" FROM {key} k WHERE k.id = %s"
     )
 
 
-# What is left for a key: wallet, key credit, key quota, group credit, group quota (one trip).
+# What is left for a key: wallet, key credit, key quota, group credit, group quota, member
+# allowance (one trip).
 BUDGET_SQL = _budget_sql()
 
 
 def budget_params(key: HoldKey) -> list:
-    return [key.wallet_id, key.group_id, key.group_id, key.key_id]
+    return [key.wallet_id, key.group_id, key.group_id, key.membership_id, key.key_id]
 
 
 def budget_from(key: HoldKey, row: tuple | None) -> Budget:
-    wallet, key_credit, key_tokens, group_credit, group_tokens = row or (0, None, None, None, None)
+    wallet, key_credit, key_tokens, group_credit, group_tokens, allowance = row or (
+        0, None, None, None, None, None
+    )  # fmt: skip
     return Budget(
         wallet_micros=wallet or 0,
         key_credit_micros=key_credit if key.credit_limited else None,
         group_credit_micros=group_credit if key.group_credit_limited else None,
         key_tokens=key_tokens if key.quota_limited else None,
         group_tokens=group_tokens if key.group_quota_limited else None,
+        allowance_micros=allowance if key.allowance_micros is not None else None,
     )
 
 
 def _money_refused(
     needed: int, hint: str, reason: HoldRefusal, *, fixed: bool = False
 ) -> HoldRefused:
+    if hint.startswith(ALLOWANCE_REACHED):
+        # The member cannot top up the organization's wallet: the allowance is the limit.
+        return HoldRefused(
+            HoldRefusal.MEMBER_ALLOWANCE,
+            f"Monthly allowance exceeded: this request needs up to {format_usd(needed)} and "
+            f"{hint}. An owner or admin of the organization can raise it; it restarts on the "
+            "first of the month.",
+        )
     # A call priced per unit (images, audio) has no max_tokens to lower.
     advice = "Top up your balance." if fixed else "Top up your balance or lower max_tokens."
     return HoldRefused(
@@ -321,17 +363,7 @@ def quota_refused(
 
 
 def _plan(req: HoldRequest, amount: int, max_tokens: int, tokens: int) -> Plan:
-    key = req.key
-    parts = HoldParts(
-        tokens=tokens,
-        key_id=key.key_id,
-        group_id=key.group_id,
-        key_credit=key.credit_limited,
-        key_quota=key.quota_limited,
-        group_credit=key.group_credit_limited,
-        group_quota=key.group_quota_limited,
-    )
-    return Plan(amount_micros=amount, max_tokens=max_tokens, parts=parts)
+    return Plan(amount_micros=amount, max_tokens=max_tokens, parts=hold_parts_of(req.key, tokens))
 
 
 def hold_plan(req: HoldRequest, budget: Budget | None) -> Plan:
@@ -390,7 +422,7 @@ def hold_plan(req: HoldRequest, budget: Budget | None) -> Plan:
     if chosen < 1:
         needed = hold_micros_for(prices, req.prompt_tokens, req.n)
         hint = f"{format_usd(money or 0)} is available to this key"
-        if reason in (CREDIT_LIMIT_REACHED, GROUP_CREDIT_LIMIT_REACHED):
+        if reason in (CREDIT_LIMIT_REACHED, GROUP_CREDIT_LIMIT_REACHED, ALLOWANCE_REACHED):
             hint = f"{reason}: {format_usd(money or 0)} is left"
         raise _money_refused(needed, hint, HoldRefusal.WALLET)
     amount = hold_micros_for(prices, req.prompt_tokens, chosen * req.n)

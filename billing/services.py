@@ -6,11 +6,20 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.locks import limits_lock
-from accounts.models import ApiToken, LimitsMixin, Organization, QuotaReset, TokenGroup, User
-from accounts.services import quota_next_reset
+from accounts.models import (
+    ApiToken,
+    LimitsMixin,
+    Membership,
+    Organization,
+    QuotaReset,
+    TokenGroup,
+    User,
+)
+from accounts.services import allowance_period_start, quota_next_reset
 from billing.holds import (
     BUDGET_SQL,
     Budget,
@@ -221,6 +230,25 @@ def _reserve_row(
     )
 
 
+def _reserve_allowance(membership_id: int, amount: int) -> None:
+    """Count a hold against a member's monthly allowance, if it fits (a removed member's row
+    is gone: nothing to count, the relay refuses their keys)."""
+    rows = Membership.objects.filter(pk=membership_id)
+    fits = Q(monthly_allowance_micros__isnull=True) | Q(
+        monthly_allowance_micros__gte=F("allowance_used_micros") + amount
+    )
+    moved = rows.filter(fits).update(allowance_used_micros=F("allowance_used_micros") + amount)
+    if not moved and rows.exists():
+        raise HoldRefused(HoldRefusal.MEMBER_ALLOWANCE)
+
+
+def _move_allowance(membership_id: int | None, delta: int) -> None:
+    if membership_id is not None and delta:
+        Membership.objects.filter(pk=membership_id).update(
+            allowance_used_micros=Greatest(F("allowance_used_micros") + delta, 0)
+        )
+
+
 def hold_acquire(
     *,
     request_id: str,
@@ -232,11 +260,12 @@ def hold_acquire(
     call_type: str = "",
 ) -> Hold:
     """Reserve credit and tokens for one call with conditional updates: concurrent calls cannot
-    overspend a wallet, a key's or a group's credit limit, or a key's or a group's token quota.
+    overspend a wallet, a key's or a group's credit limit, a key's or a group's token quota, or
+    an organization member's monthly allowance.
 
     Each counter is only moved `WHERE used + amount <= limit` (the wallet `WHERE balance - held
     >= amount`); a zero row count raises HoldRefused and rolls the whole reservation back. Rows
-    are taken in the order of every path (hold, key, group, wallet), so two holds cannot
+    are taken in the order of every path (hold, key, group, membership, wallet), so two holds cannot
     deadlock. Holding a request id twice (a retry) returns the first hold and moves nothing.
     """
     if amount_micros < 0:
@@ -270,6 +299,8 @@ def hold_acquire(
                 raise HoldRefused(HoldRefusal.GROUP_QUOTA)
             if not credit_ok:
                 raise HoldRefused(HoldRefusal.GROUP_CREDIT)
+        if parts.membership_id is not None:
+            _reserve_allowance(parts.membership_id, amount_micros)
         reserved = Wallet.objects.filter(
             pk=wallet_id, balance_micros__gte=F("held_micros") + amount_micros
         ).update(held_micros=F("held_micros") + amount_micros)
@@ -280,6 +311,7 @@ def hold_acquire(
             wallet_id=wallet_id,
             key_id=parts.key_id,
             group_id=parts.group_id if in_group else None,
+            membership_id=parts.membership_id,
             model_id=model_id[:100],
             call_type=call_type[:24],
             amount_micros=amount_micros,
@@ -417,6 +449,7 @@ def hold_settle(charge: CallCharge) -> Settlement:
         credit_delta=_delta(charged, hold.group_credit_micros),
         tokens_delta=_delta(counted, hold.group_quota_tokens),
     )  # fmt: skip
+    _move_allowance(hold.membership_id, charged - charge.hold_micros)
     wallet = Wallet.objects.filter(pk=charge.wallet_id)
     wallet.update(
         held_micros=F("held_micros") - charge.hold_micros,
@@ -471,6 +504,8 @@ def _late_settle(charge: CallCharge, hold: Hold | None) -> Settlement:
         )  # fmt: skip
     if not cost:
         return Settlement(charged_micros=0)
+    member_id = hold.membership_id if hold is not None else None
+    _move_allowance(member_id, cost)
     wallet = Wallet.objects.filter(pk=charge.wallet_id)
     if not wallet.filter(balance_micros__gte=F("held_micros") + cost).update(
         balance_micros=F("balance_micros") - cost
@@ -478,6 +513,7 @@ def _late_settle(charge: CallCharge, hold: Hold | None) -> Settlement:
         for model, pk, credit_held, _ in rows:
             if credit_held:
                 _move_counters(model, pk, credit_delta=-cost, tokens_delta=None)
+        _move_allowance(member_id, -cost)
         RequestLog.objects.filter(request_id=charge.request_id).update(cost_micros=0)
         logger.warning("request %s could not be charged after its hold expired", charge.request_id)
         return Settlement(charged_micros=0)
@@ -523,7 +559,7 @@ def holds_release_expired(*, now: datetime | None = None, limit: int = 500) -> i
             ):
                 continue
             hold = Hold.objects.select_related("key", "wallet").get(pk=pk)
-            # Same row order as holds and settlements: key, group, wallet.
+            # Same row order as holds and settlements: key, group, membership, wallet.
             _move_counters(
                 ApiToken, hold.key_id,
                 credit_delta=_delta(0, hold.key_credit_micros),
@@ -534,6 +570,7 @@ def holds_release_expired(*, now: datetime | None = None, limit: int = 500) -> i
                 credit_delta=_delta(0, hold.group_credit_micros),
                 tokens_delta=_delta(0, hold.group_quota_tokens),
             )  # fmt: skip
+            _move_allowance(hold.membership_id, -hold.amount_micros)
             Wallet.objects.filter(pk=hold.wallet_id).update(
                 held_micros=F("held_micros") - hold.amount_micros
             )
@@ -668,6 +705,38 @@ def quotas_reset_due(*, now: datetime | None = None, limit: int = 1000) -> int:
                     next_reset_at=following,
                     expected_next_reset_at=boundary,
                 )
+    return reset
+
+
+def allowances_reset_due(*, now: datetime | None = None) -> int:
+    """Start the new month of members' allowances, on the first in each organization's time
+    zone; returns how many memberships were reset.
+
+    Run every minute (tasks.tasks.reset_due_allowances). Like a quota reset, the count restarts
+    at what the member's calls in flight still hold, so their settlements stay exact; the
+    membership's row is locked, and a membership already in this period is skipped, so two runs
+    at once reset it once.
+    """
+    now = now or timezone.now()
+    reset = 0
+    # One query per time zone in use, not per organization.
+    zones = Organization.objects.values_list("time_zone", flat=True).distinct()
+    for time_zone in zones.order_by():
+        start = allowance_period_start(time_zone=time_zone, now=now)
+        due = Q(allowance_period_start__lt=start) | Q(allowance_period_start__isnull=True)
+        pks = Membership.objects.filter(due, organization__time_zone=time_zone)
+        for pk in pks.order_by("pk").values_list("pk", flat=True):
+            with transaction.atomic():
+                member = Membership.objects.select_for_update().filter(due, pk=pk).first()
+                if member is None:
+                    continue
+                held = Hold.objects.filter(status=Hold.Status.OPEN, membership_id=pk).aggregate(
+                    total=Sum("amount_micros")
+                )["total"]
+                member.allowance_used_micros = held or 0
+                member.allowance_period_start = start
+                member.save(update_fields=["allowance_used_micros", "allowance_period_start"])
+                reset += 1
     return reset
 
 

@@ -30,7 +30,7 @@ from billing.models import Hold
 from tokenbyte import pg
 from usage.models import RequestLog
 
-HOLD_SQL = "SELECT billing_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+HOLD_SQL = "SELECT billing_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 SETTLE_SQL = "SELECT * FROM billing_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
 HEARTBEAT_SQL = (
     f"UPDATE {Hold._meta.db_table} SET expires_at = LEAST(created_at + %s, %s)"  # noqa: S608
@@ -65,7 +65,8 @@ async def hold_reserve(req: HoldRequest) -> Reservation:
                 HOLD_SQL,
                 [req.request_id, key.wallet_id, key.key_id, key.group_id, plan.amount_micros,
                  parts.tokens, parts.key_credit, parts.key_quota, parts.group_credit,
-                 parts.group_quota, req.model_id, req.call_type, now, expires],
+                 parts.group_quota, req.model_id, req.call_type, now, expires,
+                 parts.membership_id],
             )  # fmt: skip
             (status,) = await cursor.fetchone()
             if status == 0:

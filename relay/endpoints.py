@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 LOGGED_REFUSALS = frozenset(
     {HoldRefusal.WALLET, HoldRefusal.KEY_CREDIT, HoldRefusal.GROUP_CREDIT,
      HoldRefusal.KEY_QUOTA, HoldRefusal.GROUP_QUOTA, HoldRefusal.PER_REQUEST_CAP,
-     HoldRefusal.NO_WALLET}
+     HoldRefusal.NO_WALLET, HoldRefusal.MEMBER_ALLOWANCE}
 )  # fmt: skip
 
 

@@ -14,7 +14,8 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, Membership
+from accounts.scope import member_keys_allowed
 from accounts.services import api_key_digest
 from billing.models import Wallet
 from relay.http import RelayError, Request
@@ -53,6 +54,11 @@ class KeyInfo:
     alert_thresholds: tuple[int, ...] = ()
     group_alert_thresholds: tuple[int, ...] = ()
     low_balance_threshold_micros: int | None = None
+    # An organization key: the owner's membership (None once they were removed), the monthly
+    # allowance it counts against (None: no cap), and whether the member's keys may work now.
+    membership_id: int | None = None
+    allowance_micros: int | None = None
+    member_keys_allowed: bool = True
 
     @property
     def credit_limited(self) -> bool:
@@ -85,6 +91,7 @@ class KeyInfo:
             or self.credit_limited
             or self.group_quota_limited
             or self.group_credit_limited
+            or self.allowance_micros is not None
             or self.tpm is not None
             or (self.group_id is not None and self.group_tpm is not None)
         )
@@ -109,11 +116,30 @@ _cache: dict[str, tuple[float, KeyInfo | None]] = {}
 _refreshing: set[str] = set()
 
 
+def _member_fields(
+    membership_id: int | None,
+    allowance: int | None,
+    role: str | None,
+    member_keys_enabled: bool | None,
+    can_create_keys: bool | None,
+) -> dict:
+    """KeyInfo's fields of an organization key's membership (its id None: not a member)."""
+    if membership_id is None:
+        return {"member_keys_allowed": False}
+    return {
+        "membership_id": membership_id,
+        "allowance_micros": allowance,
+        "member_keys_allowed": member_keys_allowed(
+            role=role, member_keys_enabled=member_keys_enabled, can_create_keys=can_create_keys
+        ),
+    }
+
+
 def _load(digest: str) -> KeyInfo | None:
     user_wallet = Wallet.objects.filter(user_id=OuterRef("owner_id"))[:1]
     org_wallet = Wallet.objects.filter(organization_id=OuterRef("organization_id"))[:1]
     token = (
-        ApiToken.objects.select_related("owner", "group")
+        ApiToken.objects.select_related("owner", "group", "organization")
         .annotate(
             user_wallet_id=Subquery(user_wallet.values("pk")),
             user_wallet_threshold=Subquery(user_wallet.values("low_balance_threshold_micros")),
@@ -127,6 +153,15 @@ def _load(digest: str) -> KeyInfo | None:
         return None
     group = token.group
     in_org = token.organization_id is not None
+    member = {}
+    if in_org:
+        m = Membership.objects.filter(
+            organization_id=token.organization_id, user_id=token.owner_id
+        ).first()
+        member = _member_fields(
+            m and m.pk, m and m.monthly_allowance_micros, m and m.role,
+            token.organization.member_keys_enabled, m and m.can_create_keys,
+        )  # fmt: skip
     return KeyInfo(
         key_id=token.pk,
         name=token.name,
@@ -157,6 +192,7 @@ def _load(digest: str) -> KeyInfo | None:
         low_balance_threshold_micros=(
             token.org_wallet_threshold if in_org else token.user_wallet_threshold
         ),
+        **member,
     )
 
 
@@ -184,12 +220,16 @@ SELECT t.id, t.name, t.owner_id, t.organization_id, t.group_id, coalesce(g.name,
        t.rpm, t.tpm, t.rpd, g.quota_tokens, g.credit_limit_micros, g.rpm, g.tpm, g.rpd,
        t.alert_thresholds, g.alert_thresholds,
        CASE WHEN t.organization_id IS NULL THEN uw.low_balance_threshold_micros
-            ELSE ow.low_balance_threshold_micros END
+            ELSE ow.low_balance_threshold_micros END,
+       m.id, m.monthly_allowance_micros, m.role, o.member_keys_enabled, m.can_create_keys
   FROM accounts_apitoken t
   JOIN accounts_user u ON u.id = t.owner_id
   LEFT JOIN accounts_tokengroup g ON g.id = t.group_id
   LEFT JOIN billing_wallet uw ON uw.user_id = t.owner_id AND t.organization_id IS NULL
   LEFT JOIN billing_wallet ow ON ow.organization_id = t.organization_id
+  LEFT JOIN accounts_organization o ON o.id = t.organization_id
+  LEFT JOIN accounts_membership m ON m.organization_id = t.organization_id
+                                 AND m.user_id = t.owner_id
  WHERE t.digest = %s
 """
 
@@ -200,7 +240,13 @@ def from_row(row: tuple | None) -> KeyInfo | None:
     (key_id, name, owner_id, organization_id, group_id, group_name, wallet_id, status,
      expires_at, blocked, active, models, ips, cap, credit_limit, quota, rpm, tpm, rpd,
      group_quota, group_credit_limit, group_rpm, group_tpm, group_rpd, thresholds,
-     group_thresholds, low_balance_threshold) = row  # fmt: skip
+     group_thresholds, low_balance_threshold, membership_id, allowance, role, member_keys_enabled,
+     can_create_keys) = row  # fmt: skip
+    member = {}
+    if organization_id is not None:
+        member = _member_fields(
+            membership_id, allowance, role, member_keys_enabled, can_create_keys
+        )
     return KeyInfo(
         key_id=key_id,
         name=name,
@@ -229,6 +275,7 @@ def from_row(row: tuple | None) -> KeyInfo | None:
         alert_thresholds=_thresholds(thresholds),
         group_alert_thresholds=_thresholds(group_thresholds),
         low_balance_threshold_micros=low_balance_threshold,
+        **member,
     )
 
 
@@ -283,6 +330,19 @@ def check(info: KeyInfo | None, request: Request) -> KeyInfo:
         raise RelayError(401, "The account of this API key is deactivated.", code="invalid_api_key")
     if info.owner_blocked:
         raise RelayError(403, "The account of this API key is blocked.", code="account_blocked")
+    if info.organization_id is not None and not info.member_keys_allowed:
+        if info.membership_id is None:
+            raise RelayError(
+                403,
+                "The owner of this API key is no longer a member of its organization.",
+                code="organization_membership_ended",
+            )
+        raise RelayError(
+            403,
+            "This organization does not let this member's keys make calls now; "
+            "an owner or admin can allow them.",
+            code="organization_keys_not_allowed",
+        )
     if info.allowed_networks:
         ip = client_ip(request)
         try:

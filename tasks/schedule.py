@@ -24,6 +24,9 @@ PERIODIC_JOBS = (
     # Quotas reset within a minute of their boundary; a double-fired beat resets once.
     Job("reset-due-quotas", 60.0, "tasks.tasks.reset_due_quotas",
         "billing.services:quotas_reset_due"),
+    # Members' monthly allowances restart within a minute of the first (organization's zone).
+    Job("reset-due-allowances", 60.0, "tasks.tasks.reset_due_allowances",
+        "billing.services:allowances_reset_due"),
     # The console's playground keys live an hour; expired ones are deleted a day later.
     Job("delete-expired-playground-keys", 3600.0, "tasks.tasks.delete_expired_playground_keys",
         "accounts.services:playground_keys_delete_expired"),

@@ -29,7 +29,7 @@ from django.db import IntegrityError, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.holds import CallCharge, HoldKey, HoldParts
+from billing.holds import CallCharge, HoldKey, hold_parts_of
 from billing.models import Hold
 from billing.services import call_settle_orm, hold_acquire
 from tasks.models import AsyncTask
@@ -85,12 +85,8 @@ def async_task_submit(
         if existing is not None:
             return existing, False
     request_id = f"req_{secrets.token_hex(12)}"
-    parts = HoldParts(
-        key_id=key.key_id,
-        group_id=key.group_id,
-        key_credit=key.credit_limited,
-        group_credit=key.group_credit_limited,
-    )
+    # A job counts no tokens (its media are priced per unit).
+    parts = hold_parts_of(key, quotas=False)
     try:
         with transaction.atomic():
             # The hold's lease is the job's deadline: a job that never finishes is released

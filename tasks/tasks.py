@@ -2,7 +2,12 @@
 
 from accounts.services import invitation_email_send, playground_keys_delete_expired
 from billing.receipts import topup_receipt_email_send
-from billing.services import alert_email_send, holds_release_expired, quotas_reset_due
+from billing.services import (
+    alert_email_send,
+    allowances_reset_due,
+    holds_release_expired,
+    quotas_reset_due,
+)
 from catalog.services import channels_probe_disabled
 from tasks.models import AsyncTask
 from tasks.services import (
@@ -34,6 +39,12 @@ def expire_request_logs() -> int:
 def reset_due_quotas() -> int:
     """Every minute: reset the token quotas whose daily/weekly/monthly period ended."""
     return quotas_reset_due()
+
+
+@app.task(time_limit=120, soft_time_limit=100)
+def reset_due_allowances() -> int:
+    """Every minute: start the new month of members' allowances where the month turned."""
+    return allowances_reset_due()
 
 
 @app.task(time_limit=300, soft_time_limit=280)

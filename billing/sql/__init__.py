@@ -25,6 +25,7 @@ def render(name: str, apps) -> str:
         ledger=apps.get_model("billing", "LedgerEntry")._meta.db_table,
         key=apps.get_model("accounts", "ApiToken")._meta.db_table,
         group=apps.get_model("accounts", "TokenGroup")._meta.db_table,
+        member=apps.get_model("accounts", "Membership")._meta.db_table,
         log=log._meta.db_table,
         log_update=log_update,
         log_set=log_set,

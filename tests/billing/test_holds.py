@@ -79,7 +79,7 @@ def hold(path: str, request_id: str, wallet: Wallet, amount: int, parts: HoldPar
             sql_backend.HOLD_SQL,
             [request_id, wallet.pk, parts.key_id, parts.group_id, amount, parts.tokens,
              parts.key_credit, parts.key_quota, parts.group_credit, parts.group_quota, "m",
-             "chat.completions", now, now + timedelta(seconds=60)],
+             "chat.completions", now, now + timedelta(seconds=60), parts.membership_id],
         )  # fmt: skip
         return cursor.fetchone()[0]
 
