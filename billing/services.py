@@ -230,16 +230,20 @@ def _reserve_row(
     )
 
 
-def _reserve_allowance(membership_id: int, amount: int) -> None:
-    """Count a hold against a member's monthly allowance, if it fits (a removed member's row
-    is gone: nothing to count, the relay refuses their keys)."""
+def _reserve_allowance(membership_id: int, amount: int) -> int | None:
+    """Count a hold against a member's monthly allowance, if it fits; the membership the hold
+    names. The relay's cached key may name a membership removed a moment ago: then nothing is
+    counted (None), and the key is refused once the cache turns. The update locks the row
+    until the commit."""
     rows = Membership.objects.filter(pk=membership_id)
     fits = Q(monthly_allowance_micros__isnull=True) | Q(
         monthly_allowance_micros__gte=F("allowance_used_micros") + amount
     )
-    moved = rows.filter(fits).update(allowance_used_micros=F("allowance_used_micros") + amount)
-    if not moved and rows.exists():
+    if rows.filter(fits).update(allowance_used_micros=F("allowance_used_micros") + amount):
+        return membership_id
+    if rows.exists():
         raise HoldRefused(HoldRefusal.MEMBER_ALLOWANCE)
+    return None
 
 
 def _move_allowance(membership_id: int | None, delta: int) -> None:
@@ -299,8 +303,9 @@ def hold_acquire(
                 raise HoldRefused(HoldRefusal.GROUP_QUOTA)
             if not credit_ok:
                 raise HoldRefused(HoldRefusal.GROUP_CREDIT)
+        membership_id = None
         if parts.membership_id is not None:
-            _reserve_allowance(parts.membership_id, amount_micros)
+            membership_id = _reserve_allowance(parts.membership_id, amount_micros)
         reserved = Wallet.objects.filter(
             pk=wallet_id, balance_micros__gte=F("held_micros") + amount_micros
         ).update(held_micros=F("held_micros") + amount_micros)
@@ -311,7 +316,7 @@ def hold_acquire(
             wallet_id=wallet_id,
             key_id=parts.key_id,
             group_id=parts.group_id if in_group else None,
-            membership_id=parts.membership_id,
+            membership_id=membership_id,
             model_id=model_id[:100],
             call_type=call_type[:24],
             amount_micros=amount_micros,

@@ -33,13 +33,20 @@ DECLARE
     v_group_tokens bigint := CASE WHEN p_group_quota THEN p_tokens ELSE 0 END;
     v_tokens_ok boolean;
     v_refusal integer := 0;
+    v_member bigint;
 BEGIN
+    IF p_membership_id IS NOT NULL THEN
+        -- The relay's cached key may name a membership removed a moment ago: then nothing is
+        -- counted (the key is refused once the cache turns). The share lock keeps the row
+        -- until the commit.
+        SELECT id INTO v_member FROM {member} WHERE id = p_membership_id FOR KEY SHARE;
+    END IF;
     INSERT INTO {hold} (request_id, wallet_id, key_id, group_id, membership_id, model_id,
                         call_type, amount_micros, key_credit_micros, group_credit_micros, tokens,
                         key_quota_tokens, group_quota_tokens, status, created_at, expires_at,
                         closed_at)
     VALUES (p_request_id, p_wallet_id, p_key_id, CASE WHEN v_group THEN p_group_id END,
-            p_membership_id,
+            v_member,
             p_model, p_call_type, p_amount, v_key_credit, v_group_credit, p_tokens,
             v_key_tokens, v_group_tokens, 'open', p_now, p_expires, NULL)
     ON CONFLICT (request_id) DO NOTHING;
@@ -73,13 +80,12 @@ BEGIN
             v_refusal := CASE WHEN v_tokens_ok THEN 5 ELSE 4 END;
         END IF;
     END IF;
-    IF v_refusal = 0 AND p_membership_id IS NOT NULL THEN
-        -- A removed member's row is gone: nothing to count (the relay refuses their keys).
+    IF v_refusal = 0 AND v_member IS NOT NULL THEN
         UPDATE {member} SET allowance_used_micros = allowance_used_micros + p_amount
-         WHERE id = p_membership_id
+         WHERE id = v_member
            AND (monthly_allowance_micros IS NULL
                 OR allowance_used_micros + p_amount <= monthly_allowance_micros);
-        IF NOT FOUND AND EXISTS (SELECT 1 FROM {member} WHERE id = p_membership_id) THEN
+        IF NOT FOUND THEN
             v_refusal := 8;
         END IF;
     END IF;
@@ -105,9 +111,9 @@ BEGIN
                    quota_used_tokens = quota_used_tokens - v_group_tokens
              WHERE id = p_group_id;
         END IF;
-        IF p_membership_id IS NOT NULL AND v_refusal = 1 THEN
+        IF v_member IS NOT NULL AND v_refusal = 1 THEN
             UPDATE {member} SET allowance_used_micros = allowance_used_micros - p_amount
-             WHERE id = p_membership_id;
+             WHERE id = v_member;
         END IF;
     END IF;
     RETURN v_refusal;

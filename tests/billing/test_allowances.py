@@ -189,3 +189,15 @@ def test_the_month_restarts_on_the_first_in_the_organizations_time_zone():
 
     settle_charge("orm", charge_for("req_open", team.wallet, team.token, 500, 300, 20))
     assert team.used() == 300
+
+
+def test_a_hold_naming_a_membership_removed_a_moment_ago_counts_nothing(path):
+    """The relay's cached key still names the membership for up to a second."""
+    team = Team(allowance=10_000)
+    parts = team.parts()
+    member_remove(scope=team.owner_scope, membership=team.membership)
+
+    assert hold(path, "req_1", team.wallet, 4_000, parts) == 0
+
+    held = Hold.objects.get(request_id="req_1")
+    assert (held.membership_id, held.amount_micros) == (None, 4_000)
