@@ -10,16 +10,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import User
+from accounts.scope import Scope
 from tasks.models import AsyncTask
-from tasks.selectors import async_tasks_for_user
+from tasks.selectors import async_tasks_in_scope
 from tasks.services import async_task_media_url
-from tokenbyte.api import ErrorSerializer, KeysetPagination, UsdField
+from tokenbyte.api import (
+    ErrorSerializer,
+    KeysetPagination,
+    UsdField,
+    organization_parameter,
+    request_api_scope,
+)
 
 
-def _get_task_for_user(user: User, task_id: str) -> AsyncTask:
-    """The user's task with this public id; another user's is a 404, like a missing one."""
-    return get_object_or_404(async_tasks_for_user(user=user), public_id=task_id)
+def _get_task_in_scope(scope: Scope, task_id: str) -> AsyncTask:
+    """The scope's task with this public id; anyone else's is a 404, like a missing one."""
+    return get_object_or_404(async_tasks_in_scope(scope=scope), public_id=task_id)
 
 
 class TaskOutput(serializers.ModelSerializer):
@@ -79,18 +85,20 @@ class TaskDetailOutput(TaskOutput):
 
 
 class TaskListApi(APIView):
-    """Your async jobs, newest first, without their input and result (see a task for those).
-    Paged by cursor: follow `next`."""
+    """Your async jobs (or an organization's), newest first, without their input and result
+    (see a task for those). Paged by cursor: follow `next`."""
 
     pagination_class = KeysetPagination
 
     @extend_schema(
-        responses={200: TaskOutput(many=True), 400: ErrorSerializer}, operation_id="tasks_list"
+        parameters=[organization_parameter("jobs")],
+        responses={200: TaskOutput(many=True), 400: ErrorSerializer, 404: ErrorSerializer},
+        operation_id="tasks_list",
     )
     def get(self, request: Request) -> Response:
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(
-            async_tasks_for_user(user=request.user), request, view=self
+            async_tasks_in_scope(scope=request_api_scope(request)), request, view=self
         )
         return paginator.get_paginated_response(TaskOutput(page, many=True).data)
 
@@ -99,7 +107,10 @@ class TaskDetailApi(APIView):
     """One of your async jobs, with its input and result."""
 
     @extend_schema(
-        responses={200: TaskDetailOutput, 404: ErrorSerializer}, operation_id="tasks_retrieve"
+        parameters=[organization_parameter("jobs")],
+        responses={200: TaskDetailOutput, 404: ErrorSerializer},
+        operation_id="tasks_retrieve",
     )
     def get(self, request: Request, task_id: str) -> Response:
-        return Response(TaskDetailOutput(_get_task_for_user(request.user, task_id)).data)
+        task = _get_task_in_scope(request_api_scope(request), task_id)
+        return Response(TaskDetailOutput(task).data)

@@ -4,8 +4,9 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from accounts.scope import request_scope
 from tasks.models import AsyncTask
-from tasks.selectors import async_tasks_for_user
+from tasks.selectors import async_tasks_in_scope
 from tasks.services import async_task_for_media_token, async_task_media_url
 
 TASK_PAGE_SIZE = 100
@@ -17,11 +18,14 @@ ACTIVE = (AsyncTask.Status.QUEUED, AsyncTask.Status.RUNNING)
 @login_required
 @require_GET
 def task_list(request: HttpRequest) -> HttpResponse:
-    tasks = list(async_tasks_for_user(user=request.user)[:TASK_PAGE_SIZE])
+    scope = request_scope(request)
+    tasks = list(async_tasks_in_scope(scope=scope)[:TASK_PAGE_SIZE])
     for task in tasks:
         task.media_url = async_task_media_url(task=task)
     context = {
         "tasks": tasks,
+        # An organization's owners and admins see every member's jobs: say whose.
+        "show_member": not scope.personal and scope.sees_all,
         "live": any(task.status in ACTIVE for task in tasks),
         "refresh_seconds": LIVE_REFRESH_SECONDS,
     }

@@ -11,13 +11,15 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import BasePagination, LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
+from accounts.scope import Scope, scope_for
 from tokenbyte.errors import ApplicationError
 from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
 from tokenbyte.money import micros_to_usd
@@ -31,6 +33,7 @@ _ERROR_TYPES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    410: "gone",
     415: "unsupported_media_type",
     429: "rate_limited",
 }
@@ -257,3 +260,19 @@ class KeysetPagination(BasePagination):
                 "schema": {"type": "string"},
             },
         ]
+
+
+def organization_parameter(what: str) -> OpenApiParameter:
+    """The `organization` query parameter of an endpoint that reads a scope (accounts.scope)."""
+    return OpenApiParameter(
+        "organization",
+        OpenApiTypes.INT,
+        description=f"The id of one of your organizations: its {what} instead of your personal "
+        "ones (every member's for owners and admins, your own there for a member). Without it, "
+        "your personal account only. An organization you are not a member of is a 404.",
+    )
+
+
+def request_api_scope(request: Request) -> Scope:
+    """The scope an API call names with `?organization=<id>` (absent: personal)."""
+    return scope_for(user=request.user, organization_id=request.query_params.get("organization"))
