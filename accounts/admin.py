@@ -126,14 +126,15 @@ class MembershipInline(admin.TabularInline):
         "can_create_keys",
         "created_at",
     )
-    # Counters for billing alone: nothing enforces member allowances until organizations land,
-    # and then the holds move them, so an edit here would race a call.
+    # Counters for billing alone: every hold and settlement of the member's keys moves them, so
+    # an edit here would race a call. (A membership deleted here stops the member's organization
+    # keys on the relay too: their key lookup finds no membership.)
     readonly_fields = ("allowance_used_micros", "allowance_period_start", "created_at")
 
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "created_by", "member_count", "created_at")
+    list_display = ("name", "slug", "created_by", "member_count", "time_zone", "created_at")
     list_select_related = ("created_by",)
     list_filter = ("created_at",)
     search_fields = ("name", "slug", "=created_by__email")
@@ -163,10 +164,11 @@ class InvitationAdmin(ViewOnlyAdmin):
         "created_at",
         "expires_at",
         "accepted_at",
+        "declined_at",
         "revoked_at",
     )
     list_select_related = ("organization", "invited_by")
-    list_filter = ("role", "created_at", "accepted_at", "revoked_at")
+    list_filter = ("role", "created_at", "accepted_at", "declined_at", "revoked_at")
     search_fields = ("email", "organization__name", "=organization__slug")
     date_hierarchy = "created_at"
     fields = (
@@ -178,6 +180,7 @@ class InvitationAdmin(ViewOnlyAdmin):
         "expires_at",
         "accepted_at",
         "accepted_by",
+        "declined_at",
         "revoked_at",
     )
 
