@@ -4,9 +4,10 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 
-from accounts.models import ApiToken, User
+from accounts.models import ApiToken, Organization, User
 from accounts.services import api_key_digest
 from billing.models import LedgerEntry
+from billing.selectors import wallet_ledger_sum_micros
 from catalog.models import Channel, Model
 from catalog.selectors import default_catalog
 
@@ -57,6 +58,12 @@ def test_running_it_twice_is_safe(capsys):
     assert Model.objects.get(model_id="gpt-4o").input_price_micros_per_mtok == 1
     assert ApiToken.objects.get(digest=api_key_digest(first_key)).status == "revoked"
     assert ApiToken.objects.get(digest=api_key_digest(second_key)).status == "enabled"
+    # One demo organization, owned by the demo user, with its own credit granted once.
+    org = Organization.objects.get()
+    assert (org.name, org.memberships.get().user, org.memberships.get().role) == (
+        "Demo Team", user, "owner"
+    )  # fmt: skip
+    assert org.wallet.balance_micros == 10_000_000 == wallet_ledger_sum_micros(wallet=org.wallet)
 
 
 def test_a_demo_seeded_before_the_media_models_gets_them_on_its_channel(capsys):

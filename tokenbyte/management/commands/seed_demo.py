@@ -3,10 +3,11 @@ import io
 import segno
 from django.conf import settings
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, Organization
 from accounts.services import (
     api_token_create,
     api_token_set_status,
+    organization_create,
     staff_totp_device_get_or_create,
     user_get_or_create,
     user_set_random_password,
@@ -22,6 +23,7 @@ DEMO_EMAIL = "demo@example.com"
 DEMO_CREDIT_MICROS = 10_000_000
 DEMO_KEY_NAME = "demo"
 DEMO_CHANNEL_NAME = "Demo mock upstream"
+DEMO_ORG_NAME = "Demo Team"
 DEMO_MODELS = {
     "models": [
         {
@@ -138,6 +140,17 @@ class Command(OperatorCommand):
         )
         wallet.refresh_from_db()
 
+        # An organization to try the team features with: its own wallet, the demo user owner.
+        org = Organization.objects.filter(created_by=user, name=DEMO_ORG_NAME).first()
+        if org is None:
+            org = organization_create(user=user, name=DEMO_ORG_NAME)
+        credit_grant(
+            wallet=wallet_get_or_create(organization=org),
+            amount_micros=DEMO_CREDIT_MICROS,
+            reason="Demo credit",
+            idempotency_key="seed_demo:org-credit",
+        )
+
         # A key cannot be shown twice, so each run revokes the previous demo key and issues one.
         for old in ApiToken.objects.filter(owner=user, name=DEMO_KEY_NAME).exclude(
             status=ApiToken.Status.REVOKED
@@ -156,6 +169,7 @@ class Command(OperatorCommand):
                     f"  Login:          {DEMO_EMAIL}  password: {password}",
                     f"  Demo API key:   {key}",
                     f"  Balance:        {format_usd(wallet.balance_micros)}",
+                    f"  Organization:   {org.name} (switch to it in the console's header)",
                     f"  Staff admin:    {base}/admin/  (same login, plus a code from this",
                     "                  authenticator entry; scan the QR code or add the URI)",
                     f"  TOTP URI:       {uri}",
