@@ -19,6 +19,7 @@ from accounts.models import (
     TokenGroup,
     User,
 )
+from accounts.scope import PERMISSIONS, Perm
 from accounts.services import allowance_period_start, quota_next_reset
 from billing.holds import (
     BUDGET_SQL,
@@ -839,21 +840,37 @@ def wallet_low_balance_alert_raise(*, wallet_id: int, now: datetime | None = Non
         ).update(low_balance_alerted_at=now)
         if not fired:
             return None
-        wallet = Wallet.objects.select_related("user", "organization__created_by").get(pk=wallet_id)
-        owner = wallet.user or wallet.organization.created_by
-        alert = Alert.objects.create(
-            kind=Alert.Kind.LOW_BALANCE,
-            user=owner,
-            wallet=wallet,
-            dedupe_key=f"{Alert.Kind.LOW_BALANCE}:{wallet.pk}:{now.isoformat()}",
-            message=(
-                f"Your balance is {format_usd(wallet.balance_micros)}, below your alert "
-                f"threshold of {format_usd(wallet.low_balance_threshold_micros)}."
-            ),
-            created_at=now,
-        )
-        _queue_alert_emails([alert])
-    return alert
+        wallet = Wallet.objects.select_related("user", "organization").get(pk=wallet_id)
+        balance = format_usd(wallet.balance_micros)
+        threshold = format_usd(wallet.low_balance_threshold_micros)
+        if wallet.organization is None:
+            recipients = [wallet.user]
+            message = f"Your balance is {balance}, below your alert threshold of {threshold}."
+        else:
+            # Everyone who can top it up: the organization's owners and admins.
+            recipients = [
+                m.user
+                for m in wallet.organization.memberships.select_related("user")
+                .filter(role__in=PERMISSIONS[Perm.TOP_UP])
+                .order_by("pk")
+            ]
+            message = (
+                f"The balance of {wallet.organization} is {balance}, below its alert "
+                f"threshold of {threshold}."
+            )
+        alerts = [
+            Alert.objects.create(
+                kind=Alert.Kind.LOW_BALANCE,
+                user=user,
+                wallet=wallet,
+                dedupe_key=f"{Alert.Kind.LOW_BALANCE}:{wallet.pk}:{user.pk}:{now.isoformat()}",
+                message=message,
+                created_at=now,
+            )
+            for user in recipients
+        ]
+        _queue_alert_emails(alerts)
+    return alerts[0] if alerts else None
 
 
 def alert_mark_read(*, alert: Alert, now: datetime | None = None) -> bool:

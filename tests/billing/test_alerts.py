@@ -13,8 +13,15 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.test import override_settings
 from django.utils import timezone
 
-from accounts.models import ApiToken, TokenGroup
-from accounts.services import api_token_create, token_group_create
+from accounts.models import ApiToken, Membership, TokenGroup
+from accounts.scope import Scope
+from accounts.services import (
+    api_token_create,
+    invitation_accept,
+    invitation_create,
+    organization_create,
+    token_group_create,
+)
 from billing.holds import HoldParts
 from billing.models import Alert, LedgerEntry, Wallet
 from billing.selectors import alerts_for_user
@@ -191,6 +198,30 @@ def test_the_low_balance_alert_fires_once_per_crossing_and_a_top_up_rearms_it(ow
         "TokenByte alert: Your balance is $4.00, below your alert threshold of $5.00.",
         "TokenByte alert: Your balance is $4.00, below your alert threshold of $5.00.",
     ]
+
+
+def test_an_organizations_low_balance_alerts_its_owners_and_admins_not_its_members(owner):
+    org = organization_create(user=owner, name="Acme")
+    scope = Scope(user=owner, membership=Membership.objects.get(user=owner))
+    admin, member = UserFactory(email="admin@example.com"), UserFactory()
+    for user, role in ((admin, "admin"), (member, "member")):
+        invitation = invitation_create(scope=scope, email=user.email, role=role)
+        invitation_accept(invitation=invitation, user=user)
+    wallet = wallet_get_or_create(organization=org)
+    credit_grant(wallet=wallet, amount_micros=6_000_000, reason="test")
+    Wallet.objects.filter(pk=wallet.pk).update(low_balance_threshold_micros=5_000_000)
+    mail.outbox.clear()
+
+    _spend(wallet, 2_000_000, 1)
+    alert = wallet_low_balance_alert_raise(wallet_id=wallet.pk)
+
+    assert alert is not None
+    alerts = Alert.objects.filter(wallet=wallet).order_by("user__email")
+    assert [(a.user.email, a.message) for a in alerts] == [
+        ("admin@example.com", "The balance of Acme is $4.00, below its alert threshold of $5.00."),
+        ("owner@example.com", "The balance of Acme is $4.00, below its alert threshold of $5.00."),
+    ]
+    assert sorted(m.to[0] for m in mail.outbox) == ["admin@example.com", "owner@example.com"]
 
 
 def test_a_wallet_without_a_threshold_never_alerts(owner):
