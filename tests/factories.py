@@ -1,6 +1,8 @@
+import functools
 from datetime import timedelta
 
 import factory
+from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -21,13 +23,22 @@ from tasks.models import AsyncTask
 from usage.models import RequestLog, UsageRollup
 
 
+@functools.cache
+def _password_hash() -> str:
+    # Hashed once per run: PBKDF2 takes a good part of a second per user, and tests make many.
+    return make_password(TEST_PASSWORD)
+
+
+TEST_PASSWORD = "correct horse battery"
+
+
 class UserFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = User
         skip_postgeneration_save = True
 
     email = factory.Sequence(lambda n: f"user{n}@example.com")
-    password = factory.PostGenerationMethodCall("set_password", "correct horse battery")
+    password = factory.LazyFunction(_password_hash)
 
     @factory.post_generation
     def _save(obj, create, extracted, **kwargs):
