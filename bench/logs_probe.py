@@ -29,6 +29,7 @@ from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from accounts.models import ApiToken, TokenGroup, User  # noqa: E402
+from accounts.scope import Scope  # noqa: E402
 from tokenbyte.keyset import rows_after  # noqa: E402
 from usage.models import RequestLog  # noqa: E402
 from usage.selectors import (  # noqa: E402
@@ -66,7 +67,7 @@ def timed(client: Client, url: str, repeats: int) -> dict:
 
 def plan(user: User, params: dict, cursor: bool) -> str:
     filters = log_filters_parse(user=user, params=params)
-    logs = request_logs_filtered(user=user, filters=filters)
+    logs = request_logs_filtered(scope=Scope(user=user), filters=filters)
     if cursor:
         last = request_logs_page(logs).rows[-1]
         logs = rows_after(logs, when=last.created_at, pk=last.pk)
@@ -96,7 +97,8 @@ def main() -> None:
     for name, params in cases.items():
         query = urlencode(params)
         first = timed(client, f"/logs/?{query}", repeats)
-        logs = request_logs_filtered(user=user, filters=log_filters_parse(user=user, params=params))
+        filters = log_filters_parse(user=user, params=params)
+        logs = request_logs_filtered(scope=Scope(user=user), filters=filters)
         cursor = request_logs_page(logs).next_cursor
         following = timed(client, f"/logs/?{urlencode({**params, 'cursor': cursor})}", repeats)
         api = timed(client, f"/api/logs/?{query}", repeats)

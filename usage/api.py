@@ -1,7 +1,11 @@
-"""The usage part of /api/: request logs (filtered, keyset-paged, one call, CSV export).
+"""The usage part of /api/: request logs (filtered, keyset-paged, one call, CSV export), usage
+stats and the dashboard.
 
 The filters are the Logs page's (usage.selectors.log_filters_parse); times are answered in the
-user's time zone with its offset, money as integer micro-USD and as an exact USD string.
+user's time zone with its offset, money as integer micro-USD and as an exact USD string. Every
+endpoint reads the personal account, or with `?organization=<id>` one of the caller's
+organizations (accounts.scope.scope_for): all its members' calls for owners and admins, the
+caller's own there for a member.
 """
 
 from http import HTTPStatus
@@ -17,10 +21,12 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from accounts.models import User
+from accounts.scope import Scope, scope_for
 from billing.models import Alert
 from tokenbyte.api import ErrorSerializer
 from usage.models import RequestLog
 from usage.selectors import (
+    BREAKDOWNS,
     GRANULARITIES,
     LOG_CALL_TYPES,
     SPLITS,
@@ -30,18 +36,33 @@ from usage.selectors import (
     log_time_iso,
     request_logs_filtered,
     request_logs_page,
-    usage_breakdown_for_user,
-    usage_dashboard_for_user,
+    request_logs_with_member,
+    shows_member,
+    usage_breakdown_in_scope,
+    usage_dashboard_in_scope,
     usage_range_for_user,
-    usage_rollup_totals_for_user,
-    usage_series_for_user,
+    usage_rollup_totals_in_scope,
+    usage_series_in_scope,
     usd_string,
     user_zone,
 )
-from usage.views import _get_log_for_user, log_csv_response
+from usage.views import _get_log_in_scope, log_csv_response, usage_csv_response
 
 LOG_API_DEFAULT_LIMIT = 100
 LOG_API_MAX_LIMIT = 1000
+
+ORGANIZATION_PARAMETER = OpenApiParameter(
+    "organization",
+    OpenApiTypes.INT,
+    description="The id of one of your organizations: its calls instead of your personal "
+    "ones (every member's for owners and admins, your own there for a member). Without it, "
+    "your personal account only. An organization you are not a member of is a 404.",
+)
+
+
+def _scope(request: Request) -> Scope:
+    return scope_for(user=request.user, organization_id=request.query_params.get("organization"))
+
 
 FILTER_PARAMETERS = [
     OpenApiParameter(
@@ -93,6 +114,12 @@ class UserZoneDateTimeField(serializers.DateTimeField):
 
 class LogOutput(serializers.ModelSerializer):
     created_at = UserZoneDateTimeField()
+    member_email = serializers.EmailField(
+        allow_null=True,
+        read_only=True,
+        help_text="Who made the call: in an organization's calls for its owners and admins; "
+        "null otherwise (the calls are your own).",
+    )
     model = serializers.CharField(source="model_id")
     stream = serializers.BooleanField(source="is_stream")
     key_id = serializers.IntegerField(source="api_token_id", allow_null=True)
@@ -125,6 +152,7 @@ class LogOutput(serializers.ModelSerializer):
             "cost_micros",
             "cost_usd",
             "attempts",
+            "member_email",
         ]
 
     def get_cost_usd(self, log: RequestLog) -> str:
@@ -171,17 +199,21 @@ def _limit(request: Request) -> int:
 
 
 class LogListApi(APIView):
-    """Your calls, newest first, filtered like the Logs page and paged by cursor (no offsets:
-    every page is as fast as the first, and calls arriving meanwhile never shift a page)."""
+    """Your calls (or an organization's), newest first, filtered like the Logs page and paged by
+    cursor (no offsets: every page is as fast as the first, and calls arriving meanwhile never
+    shift a page)."""
 
     @extend_schema(
-        parameters=[*FILTER_PARAMETERS, *PAGE_PARAMETERS],
-        responses={200: LogPageOutput, 400: ErrorSerializer},
+        parameters=[ORGANIZATION_PARAMETER, *FILTER_PARAMETERS, *PAGE_PARAMETERS],
+        responses={200: LogPageOutput, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="logs_list",
     )
     def get(self, request: Request) -> Response:
+        scope = _scope(request)
         filters = log_filters_parse(user=request.user, params=request.query_params)
-        logs = request_logs_filtered(user=request.user, filters=filters)
+        logs = request_logs_filtered(scope=scope, filters=filters)
+        if shows_member(scope):
+            logs = request_logs_with_member(logs)
         limit = _limit(request)
         page = request_logs_page(logs, cursor=request.query_params.get("cursor", ""), size=limit)
         next_url = None
@@ -199,14 +231,17 @@ class LogListApi(APIView):
 
 
 class LogDetailApi(APIView):
-    """One of your calls by its request id, with its parameters and the start of its answer or
-    its error. Another user's call is a 404, like a missing one."""
+    """One of your calls (or an organization's) by its request id, with its parameters and the
+    start of its answer or its error. A call outside the scope (another user's, another
+    member's for a member, a personal one with `organization`) is a 404, like a missing one."""
 
     @extend_schema(
-        responses={200: LogDetailOutput, 404: ErrorSerializer}, operation_id="logs_retrieve"
+        parameters=[ORGANIZATION_PARAMETER],
+        responses={200: LogDetailOutput, 404: ErrorSerializer},
+        operation_id="logs_retrieve",
     )
     def get(self, request: Request, request_id: str) -> Response:
-        log = _get_log_for_user(request.user, request_id)
+        log = _get_log_in_scope(_scope(request), request_id)
         context = {"zone": user_zone(request.user)}
         return Response(LogDetailOutput(log, context=context).data)
 
@@ -216,7 +251,8 @@ class LogExportApi(APIView):
 
     Columns: time (ISO 8601 in your zone), request_id, model, call_type, stream, key, group,
     status_code, error_code, duration_ms, ttft_ms, prompt_tokens, completion_tokens,
-    cached_tokens, cost_usd (exact, six decimals), attempts. Newest first.
+    cached_tokens, cost_usd (exact, six decimals), attempts; with `organization`, member_email
+    last. Newest first.
     """
 
     def perform_content_negotiation(self, request: Request, force: bool = False):
@@ -225,16 +261,18 @@ class LogExportApi(APIView):
         return super().perform_content_negotiation(request, force=True)
 
     @extend_schema(
-        parameters=FILTER_PARAMETERS,
+        parameters=[ORGANIZATION_PARAMETER, *FILTER_PARAMETERS],
         responses={
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The CSV file."),
             (400, "application/json"): ErrorSerializer,
+            (404, "application/json"): ErrorSerializer,
         },
         operation_id="logs_export_csv",
     )
     def get(self, request: Request) -> HttpResponse:
+        scope = _scope(request)
         filters = log_filters_parse(user=request.user, params=request.query_params)
-        return log_csv_response(request._request, user=request.user, filters=filters)
+        return log_csv_response(request._request, scope=scope, filters=filters)
 
 
 # --- usage stats ---
@@ -301,20 +339,22 @@ class UsageRangeOutput(serializers.Serializer):
 
 
 class UsageSummaryApi(APIView):
-    """Your calls, tokens, spend, error rate and mean duration over a range of your days."""
+    """Your calls (or an organization's), tokens, spend, error rate and mean duration over a
+    range of your days."""
 
     class UsageSummaryOutput(serializers.Serializer):
         range = UsageRangeOutput()
         totals = UsageTotalsOutput()
 
     @extend_schema(
-        parameters=[UsageRangeInput],
-        responses={200: UsageSummaryOutput, 400: ErrorSerializer},
+        parameters=[UsageRangeInput, ORGANIZATION_PARAMETER],
+        responses={200: UsageSummaryOutput, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="usage_summary",
     )
     def get(self, request: Request) -> Response:
+        scope = _scope(request)
         _, days = _usage_range(request, UsageRangeInput)
-        totals = usage_rollup_totals_for_user(user=request.user, start=days.start, end=days.end)
+        totals = usage_rollup_totals_in_scope(scope=scope, start=days.start, end=days.end)
         body = {"range": _range_out(request.user, days), "totals": totals}
         return Response(self.UsageSummaryOutput(body).data)
 
@@ -344,8 +384,9 @@ class UsageSeriesOutput(serializers.Serializer):
 
 
 class UsageSeriesApi(APIView):
-    """Spend, tokens and calls per day, week or month of your time zone, optionally split by
-    model, key or group (the `top` values by spend, the rest summed as `other`)."""
+    """Spend, tokens and calls (yours, or an organization's) per day, week or month of your time
+    zone, optionally split by model, key or group (the `top` values by spend, the rest summed as
+    `other`)."""
 
     class UsageSeriesInput(UsageRangeInput):
         granularity = serializers.ChoiceField(choices=GRANULARITIES, default="day")
@@ -357,14 +398,15 @@ class UsageSeriesApi(APIView):
         series = UsageSeriesOutput()
 
     @extend_schema(
-        parameters=[UsageSeriesInput],
-        responses={200: UsageSeriesResponseOutput, 400: ErrorSerializer},
+        parameters=[UsageSeriesInput, ORGANIZATION_PARAMETER],
+        responses={200: UsageSeriesResponseOutput, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="usage_series",
     )
     def get(self, request: Request) -> Response:
+        scope = _scope(request)
         data, days = _usage_range(request, self.UsageSeriesInput)
-        series = usage_series_for_user(
-            user=request.user,
+        series = usage_series_in_scope(
+            scope=scope,
             start=days.start,
             end=days.end,
             granularity=data["granularity"],
@@ -376,16 +418,27 @@ class UsageSeriesApi(APIView):
 
 
 class UsageBreakdownRowOutput(UsageTotalsOutput):
-    key = serializers.CharField(help_text="The model id, key id or group id (0 = none).")
-    label = serializers.CharField(help_text="The model, key or group name.")
+    key = serializers.CharField(
+        help_text="The model id, key id or group id (0 = none), or the member's user id."
+    )
+    label = serializers.CharField(
+        help_text="The model, key or group name; the member's name, or email without one."
+    )
+    member_email = serializers.CharField(help_text="By member: the member's email; else empty.")
+
+
+class UsageBreakdownInput(UsageRangeInput):
+    by = serializers.ChoiceField(
+        choices=BREAKDOWNS,
+        help_text="`member` only with `organization`, for its owners and admins (403 for a "
+        "member, who sees their own usage only).",
+    )
 
 
 class UsageBreakdownApi(APIView):
-    """Your calls over a range per key, model or group, the most spent first: requests, error
-    rate, tokens, spend and mean duration. A deleted key or group is named by its id."""
-
-    class UsageBreakdownInput(UsageRangeInput):
-        by = serializers.ChoiceField(choices=SPLITS)
+    """Your calls (or an organization's) over a range per key, model, group or member, the most
+    spent first: requests, error rate, tokens, spend and mean duration. A deleted key or group
+    is named by its id."""
 
     class UsageBreakdownOutput(serializers.Serializer):
         range = UsageRangeOutput()
@@ -393,17 +446,51 @@ class UsageBreakdownApi(APIView):
         results = UsageBreakdownRowOutput(many=True)
 
     @extend_schema(
-        parameters=[UsageBreakdownInput],
-        responses={200: UsageBreakdownOutput, 400: ErrorSerializer},
+        parameters=[UsageBreakdownInput, ORGANIZATION_PARAMETER],
+        responses={
+            200: UsageBreakdownOutput,
+            400: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+        },
         operation_id="usage_breakdown",
     )
     def get(self, request: Request) -> Response:
-        data, days = _usage_range(request, self.UsageBreakdownInput)
-        rows = usage_breakdown_for_user(
-            user=request.user, start=days.start, end=days.end, by=data["by"]
-        )
+        scope = _scope(request)
+        data, days = _usage_range(request, UsageBreakdownInput)
+        rows = usage_breakdown_in_scope(scope=scope, start=days.start, end=days.end, by=data["by"])
         body = {"range": _range_out(request.user, days), "by": data["by"], "results": rows}
         return Response(self.UsageBreakdownOutput(body).data)
+
+
+class UsageExportApi(APIView):
+    """One breakdown of your usage (or an organization's) as CSV, the most spent first, as the
+    Usage page downloads it.
+
+    Columns: name, id, requests, errors, error_rate_percent, prompt_tokens, completion_tokens,
+    cached_tokens, cost_usd (exact, six decimals), cost_micros, avg_duration_ms; by member,
+    member_email last.
+    """
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # CSV whatever the Accept header says; an error before it is the JSON error body.
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        parameters=[UsageBreakdownInput, ORGANIZATION_PARAMETER],
+        responses={
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The CSV file."),
+            (400, "application/json"): ErrorSerializer,
+            (403, "application/json"): ErrorSerializer,
+            (404, "application/json"): ErrorSerializer,
+        },
+        operation_id="usage_export_csv",
+    )
+    def get(self, request: Request) -> HttpResponse:
+        scope = _scope(request)
+        data, days = _usage_range(request, UsageBreakdownInput)
+        rows = usage_breakdown_in_scope(scope=scope, start=days.start, end=days.end, by=data["by"])
+        return usage_csv_response(days=days, by=data["by"], rows=rows)
 
 
 class AlertOutput(serializers.ModelSerializer):
@@ -414,9 +501,26 @@ class AlertOutput(serializers.ModelSerializer):
         fields = ["id", "kind", "message", "threshold_percent", "created_at"]
 
 
+class AllowanceOutput(serializers.Serializer):
+    monthly_micros = serializers.IntegerField(
+        allow_null=True, help_text="The monthly cap, micro-USD; null = no monthly cap."
+    )
+    used_micros = serializers.IntegerField(
+        help_text="Spent this month plus what calls in flight hold, micro-USD."
+    )
+    left_micros = serializers.IntegerField(
+        allow_null=True, help_text="What is left this month, micro-USD; null without a cap."
+    )
+    period_start = serializers.DateField(
+        allow_null=True, help_text="The first day of the month counted (the organization's zone)."
+    )
+
+
 class DashboardApi(APIView):
     """What the dashboard shows: this month's totals (your time zone), the balance, the last 30
-    days of spend per day by model, your ten latest calls and your unread alerts."""
+    days of spend per day by model, your ten latest calls and your unread alerts. With
+    `organization`: the organization's calls (every member's for owners and admins, your own
+    for a member), its wallet's balance and your monthly allowance there."""
 
     class DashboardOutput(serializers.Serializer):
         month_start = UserZoneDateTimeField()
@@ -427,10 +531,17 @@ class DashboardApi(APIView):
         series = UsageSeriesOutput()
         recent_calls = LogOutput(many=True)
         alerts = AlertOutput(many=True)
+        allowance = AllowanceOutput(
+            allow_null=True, help_text="Your allowance in the organization; null when personal."
+        )
 
-    @extend_schema(responses={200: DashboardOutput}, operation_id="dashboard_retrieve")
+    @extend_schema(
+        parameters=[ORGANIZATION_PARAMETER],
+        responses={200: DashboardOutput, 404: ErrorSerializer},
+        operation_id="dashboard_retrieve",
+    )
     def get(self, request: Request) -> Response:
-        board = usage_dashboard_for_user(user=request.user)
+        board = usage_dashboard_in_scope(scope=_scope(request))
         body = {
             "month_start": board.month_start,
             "month": board.month,
@@ -440,6 +551,7 @@ class DashboardApi(APIView):
             "series": board.series,
             "recent_calls": board.recent_logs,
             "alerts": board.alerts,
+            "allowance": board.allowance,
         }
         context = {"zone": user_zone(request.user)}
         return Response(self.DashboardOutput(body, context=context).data)

@@ -1,9 +1,10 @@
 """The dashboard's live recent calls: a websocket at /ws/dashboard/ (routed in tokenbyte/asgi.py).
 
 The relay never talks to the channel layer (it must not import redis or channels), so nothing is
-pushed to this consumer: it polls. Every POLL_SECONDS it reads the user's newest log rows (one
-query on the log_user_created index) and sends the rows it has not sent yet, rendered as the
-console renders them, with refreshed month totals. It tracks request ids, not a timestamp: a call
+pushed to this consumer: it polls. Every POLL_SECONDS it reads the newest log rows of the page's
+scope (the user's personal ones, or the organization's chosen with the switcher; one query on
+that scope's log index) and sends the rows it has not sent yet, rendered as the console renders
+them, with refreshed month totals. It tracks request ids, not a timestamp: a call
 settles after its answer, so rows commit out of order and a newer row may land before an older
 one. It works the same on every channel layer (the embedded in-memory one included), since it
 uses none.
@@ -23,9 +24,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from accounts.models import User
-from billing.selectors import wallet_balance_micros_for_user
+from accounts.scope import SESSION_KEY, Scope, membership_for
+from billing.selectors import wallet_balance_micros_for_scope
 from tokenbyte.money import format_usd
-from usage.selectors import request_logs_for_user, usage_month_for_user
+from usage.selectors import request_logs_in_scope, usage_month_in_scope
 
 # The newest rows read at each poll: late commits older than these are left to the Logs page.
 LIVE_WINDOW = 20
@@ -45,6 +47,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.user: User = user
+        # The console's scope when the page opened (the organization chosen with the switcher).
+        self.organization_id: int | None = await database_sync_to_async(self._organization_id)()
         # Request ids the browser shows or was sent, within the latest window of rows.
         self.sent: set[str] = set()
         self.hello = asyncio.Event()
@@ -83,16 +87,32 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(self.poll_seconds)
         await self.close(code=CLOSE_RECONNECT)
 
+    def _organization_id(self) -> int | None:
+        session = self.scope.get("session")
+        org_id = session.get(SESSION_KEY) if session is not None else None
+        return org_id if isinstance(org_id, int) else None
+
+    def _scope(self) -> Scope | None:
+        """The page's scope, its membership read again at each poll: a lowered role sees only
+        its own calls from the next one on; a removed member gets nothing more (None)."""
+        if self.organization_id is None:
+            return Scope(user=self.user)
+        membership = membership_for(user=self.user, organization_id=self.organization_id)
+        return Scope(user=self.user, membership=membership) if membership else None
+
     def _update(self) -> dict | None:
         """The rows not sent yet among the newest, and the month's totals; None if none is new."""
-        logs = list(request_logs_for_user(user=self.user)[:LIVE_WINDOW])
+        scope = self._scope()
+        if scope is None:
+            return None
+        logs = list(request_logs_in_scope(scope=scope)[:LIVE_WINDOW])
         new = [log for log in logs if log.request_id not in self.sent]
         # A row that left the window never comes back into it (newer rows pushed it out).
         self.sent = {log.request_id for log in logs}
         if not new:
             return None
-        month = usage_month_for_user(user=self.user)
-        balance = wallet_balance_micros_for_user(user=self.user)
+        month = usage_month_in_scope(scope=scope)
+        balance = wallet_balance_micros_for_scope(scope=scope)
         return {
             "type": "calls",
             "rows": [

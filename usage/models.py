@@ -87,7 +87,8 @@ class RequestLog(models.Model):
                 condition=models.Q(status_code__gte=400),
                 name="log_user_errors",
             ),
-            models.Index(fields=["organization", "-created_at"], name="log_org_created"),
+            # An organization's logs (its owners' and admins' pages), with the id tie-break.
+            models.Index(fields=["organization", "-created_at", "-id"], name="log_org_created_id"),
             # Retention deletes by age across users.
             models.Index(fields=["created_at"], name="log_created"),
         ]

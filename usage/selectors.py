@@ -6,13 +6,15 @@ from zoneinfo import ZoneInfo
 
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
-from django.db.models import F, QuerySet, Sum, Value
+from django.db.models import F, Q, QuerySet, Sum, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import TruncDay, TruncMonth, TruncWeek
 from django.utils import timezone
 
 from accounts.models import ApiToken, TokenGroup, User
-from billing.selectors import alerts_for_user, wallet_balance_micros_for_user
+from accounts.scope import Perm, Scope
+from billing.models import Alert
+from billing.selectors import Allowance, allowance_for_scope, wallet_balance_micros_for_scope
 from catalog.selectors import models_callable
 from tokenbyte.errors import ApplicationError
 from tokenbyte.filters import filter_error, filter_time, user_zone
@@ -27,12 +29,26 @@ def month_start_for_user(*, user: User, now: datetime | None = None) -> datetime
     return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def request_logs_for_user(*, user: User) -> QuerySet[RequestLog]:
-    """The user's request logs, newest first (served by the log_user_created index).
+def request_logs_in_scope(*, scope: Scope) -> QuerySet[RequestLog]:
+    """The scope's request logs, newest first: the user's own without an organization
+    (personal: the log_user_created index, organization_id IS NULL a filter), or an
+    organization's (every member's for owners and admins, the user's own for a member).
 
     Key and group names are read from the copies on the log row, so no join is needed.
     """
-    return RequestLog.objects.filter(user=user).order_by("-created_at", "-id")
+    return RequestLog.objects.filter(scope.rows()).order_by("-created_at", "-id")
+
+
+def request_logs_with_member(logs: QuerySet[RequestLog]) -> QuerySet[RequestLog]:
+    """The logs with `member_email`, the email of the member who made each call (one join on
+    the user's primary key: use it on a page or a chunk, after the filters)."""
+    return logs.annotate(member_email=F("user__email"))
+
+
+def shows_member(scope: Scope) -> bool:
+    """Whether the scope's lists name the member of each call: an organization's, seen by an
+    owner or an admin (everything else is the user's own)."""
+    return not scope.personal and scope.sees_all
 
 
 # --- rollups ---
@@ -45,6 +61,8 @@ def request_logs_for_user(*, user: User) -> QuerySet[RequestLog]:
 
 GRANULARITIES = ("day", "week", "month")
 SPLITS = ("model", "key", "group")
+# The Usage page's tables: the splits, and per member in an organization (owners and admins).
+BREAKDOWNS = (*SPLITS, "member")
 RANGE_PRESETS = {
     "7d": "Last 7 days",
     "30d": "Last 30 days",
@@ -67,7 +85,7 @@ _ROLLUP_SUMS = (
     "duration_ms",
 )
 _TRUNCS = {"day": TruncDay, "week": TruncWeek, "month": TruncMonth}
-_SPLIT_FIELDS = {"model": "model_id", "key": "key_id", "group": "group_id"}
+_SPLIT_FIELDS = {"model": "model_id", "key": "key_id", "group": "group_id", "member": "user_id"}
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,8 @@ class UsageBreakdownRow(RollupTotals):
 
     key: str = ""
     label: str = ""
+    # By member: the member's email (the label is their name, or the email without one).
+    member_email: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,27 +238,38 @@ def usage_range_for_user(
     )
 
 
-def _rollups(*, user: User, start: datetime, end: datetime) -> QuerySet[UsageRollup]:
-    # Served by the unique constraint's index, which begins with (user, hour).
-    return UsageRollup.objects.filter(user=user, hour__gte=start, hour__lt=end).order_by()
+def _rollups(*, scope: Scope, start: datetime, end: datetime) -> QuerySet[UsageRollup]:
+    """The scope's rollup rows of the hours in [start, end). Personal: the user's without an
+    organization (organization_id 0); an organization's: all its members' (owners, admins) or
+    the user's own there. The unique constraint's index (user, hour, organization_id, …) serves
+    the user's; usage_rollup_org_hour an organization's."""
+    rows = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
+    if scope.personal:
+        rows = rows.filter(user=scope.user, organization_id=0)
+    else:
+        rows = rows.filter(organization_id=scope.organization_id)
+        if not scope.sees_all:
+            rows = rows.filter(user=scope.user)
+    return rows.order_by()
 
 
-def usage_rollup_totals_for_user(*, user: User, start: datetime, end: datetime) -> RollupTotals:
-    """The user's calls, tokens, spend and time of the hours in [start, end) (one query)."""
-    row = _rollups(user=user, start=start, end=end).aggregate(
+def usage_rollup_totals_in_scope(*, scope: Scope, start: datetime, end: datetime) -> RollupTotals:
+    """The scope's calls, tokens, spend and time of the hours in [start, end) (one query)."""
+    row = _rollups(scope=scope, start=start, end=end).aggregate(
         **{name: Sum(name) for name in _ROLLUP_SUMS}
     )
     return RollupTotals._from_row(row)
 
 
-def _split_labels(*, user: User, split: str, keys: list) -> dict:
-    """Names of the split's values: models by id; keys and groups from the user's own rows
+def _split_labels(*, scope: Scope, split: str, keys: list) -> dict:
+    """Names of the split's values: models by id; keys and groups from the scope's rows
     (0 = none; a row that is gone is named by its id)."""
     if split == "model":
         return {key: key for key in keys}
     ids = [key for key in keys if key]
     rows = ApiToken.objects if split == "key" else TokenGroup.objects
-    names = dict(rows.filter(owner=user, pk__in=ids).values_list("pk", "name")) if ids else {}
+    in_scope = rows.filter(scope.rows(user_field="owner"), pk__in=ids)
+    names = dict(in_scope.values_list("pk", "name")) if ids else {}
     return {
         key: names.get(key, f"deleted {split} #{key}") if key else f"no {split}" for key in keys
     }
@@ -265,17 +296,18 @@ def _bucket_day(value: datetime | date, zone: ZoneInfo) -> date:
     return value
 
 
-def usage_series_for_user(
+def usage_series_in_scope(
     *,
-    user: User,
+    scope: Scope,
     start: datetime,
     end: datetime,
     granularity: str = "day",
     split: str | None = None,
     top: int = 5,
 ) -> UsageSeries:
-    """Spend, tokens and calls of the hours in [start, end) per day, week or month of the user,
-    optionally split by model, key or group: the `top` values by spend, the rest as "other".
+    """The scope's spend, tokens and calls of the hours in [start, end) per day, week or month
+    of the user, optionally split by model, key or group: the `top` values by spend, the rest as
+    "other".
 
     One query (and one for the names of keys or groups)."""
     if granularity not in GRANULARITIES:
@@ -290,7 +322,7 @@ def usage_series_for_user(
             code="invalid_split",
             extra={"param": "split"},
         )
-    zone = user_zone(user)
+    zone = user_zone(scope.user)
     buckets = _buckets(
         granularity=granularity,
         first_day=start.astimezone(zone).date(),
@@ -299,7 +331,7 @@ def usage_series_for_user(
     index = {bucket: n for n, bucket in enumerate(buckets)}
     field = _SPLIT_FIELDS[split] if split else None
     rows = (
-        _rollups(user=user, start=start, end=end)
+        _rollups(scope=scope, start=start, end=end)
         .annotate(bucket=_TRUNCS[granularity]("hour", tzinfo=zone))
         .values("bucket", *([field] if field else []))
         .annotate(
@@ -326,7 +358,7 @@ def usage_series_for_user(
 
     lines = []
     if field:
-        labels = _split_labels(user=user, split=split, keys=list(per_key))
+        labels = _split_labels(scope=scope, split=split, keys=list(per_key))
 
         def rank(key) -> tuple:
             values = per_key[key]
@@ -350,26 +382,58 @@ def usage_series_for_user(
     )
 
 
-def usage_breakdown_for_user(
-    *, user: User, start: datetime, end: datetime, by: str
+def usage_breakdowns_for_scope(scope: Scope) -> tuple[str, ...]:
+    """The breakdowns the scope offers: by member only in an organization's, for owners and
+    admins (a member sees their own usage only)."""
+    return BREAKDOWNS if shows_member(scope) else SPLITS
+
+
+def usage_breakdown_in_scope(
+    *, scope: Scope, start: datetime, end: datetime, by: str
 ) -> list[UsageBreakdownRow]:
-    """The user's calls of the hours in [start, end) per key, model or group, the most spent
-    first, with error rate and mean duration (one query, and one for the names)."""
-    if by not in SPLITS:
+    """The scope's calls of the hours in [start, end) per key, model, group or member, the most
+    spent first, with error rate and mean duration (one query, and one for the names)."""
+    if by not in BREAKDOWNS:
+        offered = usage_breakdowns_for_scope(scope)
         raise ApplicationError(
-            f"Unknown breakdown {by!r}; one of {', '.join(SPLITS)}.",
+            f"Unknown breakdown {by!r}; one of {', '.join(offered)}.",
             code="invalid_breakdown",
             extra={"param": "by"},
         )
+    if by == "member" and scope.personal:
+        raise ApplicationError(
+            "Usage by member is an organization's: choose one with the switcher or `organization`.",
+            code="invalid_breakdown",
+            extra={"param": "by"},
+        )
+    if by == "member" and not scope.sees_all:
+        raise ApplicationError(
+            f"Your role ({scope.role}) in {scope.organization} shows your own usage only.",
+            code="permission_denied",
+            extra={"param": "by", "status": 403},
+        )
     field = _SPLIT_FIELDS[by]
     rows = list(
-        _rollups(user=user, start=start, end=end)
+        _rollups(scope=scope, start=start, end=end)
         .values(field)
         .annotate(**{name: Sum(name) for name in _ROLLUP_SUMS})
     )
-    labels = _split_labels(user=user, split=by, keys=[row[field] for row in rows])
+    keys = [row[field] for row in rows]
+    emails: dict[int, str] = {}
+    if by == "member":
+        # Rollups go with their user (CASCADE): every member row has its user.
+        users = list(User.objects.filter(pk__in=keys).values_list("pk", "name", "email"))
+        labels = {pk: name or email for pk, name, email in users}
+        emails = {pk: email for pk, _, email in users}
+    else:
+        labels = _split_labels(scope=scope, split=by, keys=keys)
     result = [
-        UsageBreakdownRow._from_row(row, key=str(row[field]), label=labels[row[field]])
+        UsageBreakdownRow._from_row(
+            row,
+            key=str(row[field]),
+            label=labels[row[field]],
+            member_email=emails.get(row[field], ""),
+        )
         for row in rows
     ]
     result.sort(key=lambda row: (-row.cost_micros, -row.requests, row.label))
@@ -467,15 +531,18 @@ def log_filters_parse(*, user: User, params: Mapping[str, str]) -> LogFilters:
     )
 
 
-def request_logs_filtered(*, user: User, filters: LogFilters) -> QuerySet[RequestLog]:
-    """The user's logs that pass the filters, newest first: (created_at DESC, id DESC).
+def request_logs_filtered(*, scope: Scope, filters: LogFilters) -> QuerySet[RequestLog]:
+    """The scope's logs that pass the filters, newest first: (created_at DESC, id DESC).
 
-    Indexes that serve it (leading columns): (user_id, created_at DESC, id DESC) with or without
-    a time range; (user_id, <column>, created_at DESC, id DESC) for model_id, api_token_id,
-    group_id, call_type and status_code; errors by a partial index on (user_id, created_at DESC,
-    id DESC) WHERE status_code >= 400. Successes (most rows) walk the first one.
+    Indexes that serve the personal scope (leading columns): (user_id, created_at DESC, id DESC)
+    with or without a time range; (user_id, <column>, created_at DESC, id DESC) for model_id,
+    api_token_id, group_id, call_type and status_code; errors by a partial index on (user_id,
+    created_at DESC, id DESC) WHERE status_code >= 400. Successes (most rows) walk the first
+    one; `organization_id IS NULL` is a filter on each. An organization's logs walk
+    (organization_id, created_at DESC, id DESC) and filter the rest; a member's own there walk
+    the user's indexes and filter the organization.
     """
-    logs = RequestLog.objects.filter(user=user)
+    logs = RequestLog.objects.filter(scope.rows())
     if filters.since is not None:
         logs = logs.filter(created_at__gte=filters.since)
     if filters.until is not None:
@@ -517,11 +584,14 @@ def request_logs_page(
     return keyset_page(logs, cursor=cursor, size=size)
 
 
-def log_filter_options(*, user: User) -> dict[str, list[tuple[int, str]]]:
-    """The filter form's choices in one query: the user's keys and groups, and the model ids
-    of the catalog (suggestions: a log may name a model the catalog no longer routes)."""
-    keys = ApiToken.objects.filter(owner=user).values_list(Value("key"), "id", "name")
-    groups = TokenGroup.objects.filter(owner=user).values_list(Value("group"), "id", "name")
+def log_filter_options(*, scope: Scope) -> dict[str, list[tuple[int, str]]]:
+    """The filter form's choices in one query: the scope's keys and groups (as its logs: the
+    user's personal ones; an organization's, every member's for owners and admins), and the
+    model ids of the catalog (suggestions: a log may name a model the catalog no longer
+    routes)."""
+    in_scope = scope.rows(user_field="owner")
+    keys = ApiToken.objects.filter(in_scope).values_list(Value("key"), "id", "name")
+    groups = TokenGroup.objects.filter(in_scope).values_list(Value("group"), "id", "name")
     models = models_callable().order_by().values_list(Value("model"), Value(0), "model_id")
     options: dict[str, list[tuple[int, str]]] = {"key": [], "group": [], "model": []}
     for kind, pk, name in keys.union(groups, models, all=True):
@@ -550,6 +620,8 @@ LOG_CSV_COLUMNS = (
     "cost_usd",
     "attempts",
 )
+# An organization's export adds who made each call, last: the columns above are a contract.
+LOG_CSV_MEMBER_COLUMN = "member_email"
 _CSV_FIELDS = (
     "created_at",
     "request_id",
@@ -603,9 +675,16 @@ def _csv_writer(buffer: _CsvBuffer):
     return csv.writer(buffer, lineterminator="\n")
 
 
-def _log_csv_header() -> str:
+def log_csv_columns(*, scope: Scope) -> tuple[str, ...]:
+    """The export's columns: LOG_CSV_COLUMNS, and the member's email in an organization's."""
+    if scope.personal:
+        return LOG_CSV_COLUMNS
+    return (*LOG_CSV_COLUMNS, LOG_CSV_MEMBER_COLUMN)
+
+
+def _log_csv_header(columns: tuple[str, ...]) -> str:
     buffer = _CsvBuffer()
-    _csv_writer(buffer).writerow(LOG_CSV_COLUMNS)
+    _csv_writer(buffer).writerow(columns)
     return buffer.take()
 
 
@@ -614,12 +693,17 @@ LogPosition = tuple[datetime, int]
 
 
 def _log_csv_chunk_python(
-    logs: QuerySet[RequestLog], after: LogPosition | None, zone: ZoneInfo
+    logs: QuerySet[RequestLog],
+    after: LogPosition | None,
+    zone: ZoneInfo,
+    member: bool = False,
 ) -> tuple[str, LogPosition | None]:
     """Any database: the rows through the ORM, formatted here."""
     if after is not None:
         logs = rows_after(logs, when=after[0], pk=after[1])
-    rows = list(logs.values_list(*_CSV_FIELDS)[:LOG_CSV_CHUNK_ROWS])
+    # The member's email goes between the columns and the id (which stays last).
+    fields = (*_CSV_FIELDS[:-1], "user__email", "id") if member else _CSV_FIELDS
+    rows = list(logs.values_list(*fields)[:LOG_CSV_CHUNK_ROWS])
     buffer = _CsvBuffer()
     writer = _csv_writer(buffer)
     for row in rows:
@@ -632,7 +716,7 @@ def _log_csv_chunk_python(
                 "" if row[10] is None else row[10],
                 *row[11:14],
                 usd_string(row[14]),
-                row[15],
+                *row[15:-1],
             )
         )
     full = len(rows) == LOG_CSV_CHUNK_ROWS
@@ -653,14 +737,24 @@ SELECT to_char(r.local_time, 'YYYY-MM-DD"T"HH24:MI:SS.MS')
        NULLIF(r.token_name, ''), NULLIF(r.group_name, ''), r.status_code,
        NULLIF(r.error_code, ''), r.duration_ms, r.ttft_ms, r.prompt_tokens,
        r.completion_tokens, r.cached_tokens,
-       (r.cost_micros::numeric / 1000000)::numeric(30, 6), r.attempts
-FROM ({rows}) AS r
+       (r.cost_micros::numeric / 1000000)::numeric(30, 6), r.attempts{member_column}
+FROM ({rows}) AS r{member_join}
 ORDER BY r.created_at DESC, r.id DESC
 """
+# An organization's export: the member's email, joined outside the chunk's ordered, limited read
+# so that its plan stays the personal one's (20,000 primary-key lookups a chunk).
+_PG_CSV_MEMBER = {
+    "member_column": ", NULLIF(u.email, '')",
+    "member_join": f' LEFT JOIN "{User._meta.db_table}" AS u ON u.id = r.user_id',
+}
+_PG_CSV_NO_MEMBER = {"member_column": "", "member_join": ""}
 
 
 def _log_csv_chunk_copy(
-    logs: QuerySet[RequestLog], after: LogPosition | None, zone: ZoneInfo
+    logs: QuerySet[RequestLog],
+    after: LogPosition | None,
+    zone: ZoneInfo,
+    member: bool = False,
 ) -> tuple[str, LogPosition | None]:
     """PostgreSQL: the chunk's last position (one indexed read of the chunk's keys), then COPY of
     the same rows. Both read one snapshot (REPEATABLE READ), so a call logged in between cannot
@@ -672,7 +766,7 @@ def _log_csv_chunk_copy(
     rows = chunk.annotate(
         local_time=RawSQL('("usage_requestlog"."created_at" AT TIME ZONE %s)', [zone.key]),
         utc_time=RawSQL('("usage_requestlog"."created_at" AT TIME ZONE \'UTC\')', []),
-    ).values_list(*_CSV_FIELDS, "local_time", "utc_time")
+    ).values_list(*_CSV_FIELDS, "local_time", "utc_time", "user_id")
     rows_sql, rows_params = rows.query.sql_with_params()
     parts = []
     # Inside a caller's transaction (tests wrap each in one) its snapshot rules instead.
@@ -697,7 +791,10 @@ def _log_csv_chunk_copy(
         if last is None:
             return "", None
         # The same ordered, limited read as the keys.
-        copy_sql = f"COPY ({_PG_CSV_SELECT.format(rows=rows_sql)}) TO STDOUT (FORMAT csv)"
+        select = _PG_CSV_SELECT.format(
+            rows=rows_sql, **(_PG_CSV_MEMBER if member else _PG_CSV_NO_MEMBER)
+        )
+        copy_sql = f"COPY ({select}) TO STDOUT (FORMAT csv)"
         with cursor.cursor.copy(copy_sql, rows_params) as copy:
             for block in copy:
                 parts.append(bytes(block).decode())
@@ -706,42 +803,48 @@ def _log_csv_chunk_copy(
 
 
 def _log_csv_chunk(
-    logs: QuerySet[RequestLog], after: LogPosition | None, zone: ZoneInfo
+    logs: QuerySet[RequestLog],
+    after: LogPosition | None,
+    zone: ZoneInfo,
+    member: bool = False,
 ) -> tuple[str, LogPosition | None]:
     """One chunk of CSV rows after `after`, and the position to continue from (None: done)."""
     if connection.vendor == "postgresql":
-        return _log_csv_chunk_copy(logs, after, zone)
-    return _log_csv_chunk_python(logs, after, zone)
+        return _log_csv_chunk_copy(logs, after, zone, member)
+    return _log_csv_chunk_python(logs, after, zone, member)
 
 
-def request_logs_csv(*, user: User, filters: LogFilters) -> Iterator[str]:
-    """The filtered logs as CSV text, header first, one string per keyset chunk of rows.
+def request_logs_csv(*, scope: Scope, filters: LogFilters) -> Iterator[str]:
+    """The scope's filtered logs as CSV text, header first, one string per keyset chunk of rows
+    (an organization's with the member's email last).
 
     Each chunk is its own short query after the last row of the one before: memory stays flat
     for any number of rows and no transaction or server-side cursor stays open meanwhile.
     """
-    logs = request_logs_filtered(user=user, filters=filters)
-    zone = user_zone(user)
-    yield _log_csv_header()
+    logs = request_logs_filtered(scope=scope, filters=filters)
+    zone = user_zone(scope.user)
+    member = not scope.personal
+    yield _log_csv_header(log_csv_columns(scope=scope))
     after = None
     while True:
-        text, after = _log_csv_chunk(logs, after, zone)
+        text, after = _log_csv_chunk(logs, after, zone, member)
         if text:
             yield text
         if after is None:
             return
 
 
-async def request_logs_csv_async(*, user: User, filters: LogFilters) -> AsyncIterator[str]:
+async def request_logs_csv_async(*, scope: Scope, filters: LogFilters) -> AsyncIterator[str]:
     """`request_logs_csv` for an ASGI response: Django would read a sync iterator whole into a
     list before sending it, so each chunk's queries run in a thread and the text is yielded here.
     """
-    logs = request_logs_filtered(user=user, filters=filters)
-    zone = user_zone(user)
-    yield _log_csv_header()
+    logs = request_logs_filtered(scope=scope, filters=filters)
+    zone = user_zone(scope.user)
+    member = not scope.personal
+    yield _log_csv_header(log_csv_columns(scope=scope))
     after = None
     while True:
-        text, after = await sync_to_async(_log_csv_chunk)(logs, after, zone)
+        text, after = await sync_to_async(_log_csv_chunk)(logs, after, zone, member)
         if text:
             yield text
         if after is None:
@@ -755,8 +858,9 @@ def log_csv_filename(*, user: User, now: datetime | None = None) -> str:
 
 @dataclass(frozen=True)
 class UsageDashboard:
-    """What the dashboard shows: this month of the user, the balance, 30 days of spend by model,
-    the latest calls and the unread alerts."""
+    """What the dashboard shows in a scope: this month, the balance of the scope's wallet, 30
+    days of spend by model, the latest calls and the unread alerts; in an organization, the
+    user's own allowance there."""
 
     month_start: datetime
     month: RollupTotals
@@ -766,31 +870,62 @@ class UsageDashboard:
     series: UsageSeries
     recent_logs: list[RequestLog]
     alerts: list
+    allowance: Allowance | None = None
 
 
 DASHBOARD_RECENT_CALLS = 10
 DASHBOARD_ALERTS = 10
 
 
-def usage_month_for_user(*, user: User, now: datetime | None = None) -> RollupTotals:
-    """The user's calls of this month in their zone, from the rollups (one query)."""
-    month_start = month_start_for_user(user=user, now=now)
+def alerts_in_scope(*, scope: Scope) -> QuerySet[Alert]:
+    """The scope's unread alerts, newest first. Personal: the user's, about their own wallet
+    and keys. An organization's: its wallet's (for those who top it up) and its keys' quotas
+    (every member's for owners and admins, the user's own for a member)."""
+    alerts = Alert.objects.filter(read_at__isnull=True)
+    if scope.personal:
+        alerts = alerts.filter(user=scope.user).exclude(wallet__organization__isnull=False)
+        alerts = alerts.exclude(api_token__organization__isnull=False)
+    else:
+        org = scope.organization_id
+        shown = Q(api_token__organization_id=org)
+        if not scope.sees_all:
+            shown &= Q(user=scope.user)
+        if scope.can(Perm.TOP_UP):
+            shown |= Q(wallet__organization_id=org)
+        alerts = alerts.filter(shown)
+    return alerts.select_related("api_token", "group", "wallet").order_by("-created_at", "-id")
+
+
+def usage_month_in_scope(*, scope: Scope, now: datetime | None = None) -> RollupTotals:
+    """The scope's calls of this month in the user's zone, from the rollups (one query)."""
+    month_start = month_start_for_user(user=scope.user, now=now)
     end = (now or timezone.now()) + timedelta(hours=1)
-    return usage_rollup_totals_for_user(user=user, start=month_start, end=end)
+    return usage_rollup_totals_in_scope(scope=scope, start=month_start, end=end)
 
 
-def usage_dashboard_for_user(*, user: User, now: datetime | None = None) -> UsageDashboard:
+def usage_month_for_user(*, user: User, now: datetime | None = None) -> RollupTotals:
+    """The user's personal calls of this month (`usage_month_in_scope` of the personal scope)."""
+    return usage_month_in_scope(scope=Scope(user=user), now=now)
+
+
+def usage_dashboard_in_scope(*, scope: Scope, now: datetime | None = None) -> UsageDashboard:
     """The dashboard's data in five queries: month totals, balance, the 30-day series by model,
-    the latest calls (the log_user_created index) and the unread alerts."""
+    the latest calls (the scope's log index) and the unread alerts; the user's allowance in an
+    organization is their membership's, already loaded."""
+    user = scope.user
     days = usage_range_for_user(user=user, preset="30d", now=now)
+    recent = request_logs_in_scope(scope=scope)
+    if shows_member(scope):
+        recent = request_logs_with_member(recent)
     return UsageDashboard(
         month_start=month_start_for_user(user=user, now=now),
-        month=usage_month_for_user(user=user, now=now),
-        balance_micros=wallet_balance_micros_for_user(user=user),
+        month=usage_month_in_scope(scope=scope, now=now),
+        balance_micros=wallet_balance_micros_for_scope(scope=scope),
         days=days,
-        series=usage_series_for_user(user=user, start=days.start, end=days.end, split="model"),
-        recent_logs=list(request_logs_for_user(user=user)[:DASHBOARD_RECENT_CALLS]),
-        alerts=list(alerts_for_user(user=user, unread_only=True)[:DASHBOARD_ALERTS]),
+        series=usage_series_in_scope(scope=scope, start=days.start, end=days.end, split="model"),
+        recent_logs=list(recent[:DASHBOARD_RECENT_CALLS]),
+        alerts=list(alerts_in_scope(scope=scope)[:DASHBOARD_ALERTS]),
+        allowance=allowance_for_scope(scope=scope),
     )
 
 

@@ -21,5 +21,6 @@ api_urlpatterns: list = [
     path("usage/summary/", api.UsageSummaryApi.as_view(), name="api-usage-summary"),
     path("usage/series/", api.UsageSeriesApi.as_view(), name="api-usage-series"),
     path("usage/breakdown/", api.UsageBreakdownApi.as_view(), name="api-usage-breakdown"),
+    path("usage/export.csv", api.UsageExportApi.as_view(), name="api-usage-csv"),
     path("dashboard/", api.DashboardApi.as_view(), name="api-dashboard"),
 ]

@@ -10,11 +10,12 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
+    HttpResponseForbidden,
     StreamingHttpResponse,
 )
 from django.shortcuts import render
 
-from accounts.models import User
+from accounts.scope import Scope, request_scope
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import micros_to_usd
 from usage.models import RequestLog
@@ -30,7 +31,9 @@ from usage.selectors import (
     SPLITS,
     LogFilters,
     LogPage,
+    UsageBreakdownRow,
     UsageQuery,
+    UsageRange,
     UsageSeries,
     log_csv_filename,
     log_filter_options,
@@ -38,28 +41,37 @@ from usage.selectors import (
     request_logs_csv,
     request_logs_csv_async,
     request_logs_filtered,
-    request_logs_for_user,
+    request_logs_in_scope,
     request_logs_page,
-    usage_breakdown_for_user,
-    usage_dashboard_for_user,
+    request_logs_with_member,
+    shows_member,
+    usage_breakdown_in_scope,
+    usage_breakdowns_for_scope,
+    usage_dashboard_in_scope,
     usage_query_parse,
-    usage_rollup_totals_for_user,
-    usage_series_for_user,
+    usage_rollup_totals_in_scope,
+    usage_series_in_scope,
 )
 
 
-def _get_log_for_user(user: User, request_id: str) -> RequestLog:
-    """The user's log with this request id; another user's log is a 404, like a missing one."""
+def _get_log_in_scope(scope: Scope, request_id: str) -> RequestLog:
+    """The scope's log with this request id: a call outside it (another user's, a personal one
+    in an organization's scope, another member's for a member) is a 404, like a missing one."""
+    logs = request_logs_in_scope(scope=scope)
+    if shows_member(scope):
+        logs = request_logs_with_member(logs)
     try:
-        return request_logs_for_user(user=user).get(request_id=request_id)
+        return logs.get(request_id=request_id)
     except RequestLog.DoesNotExist:
         raise Http404("No such request log.") from None
 
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    board = usage_dashboard_for_user(user=request.user)
+    scope = request_scope(request)
+    board = usage_dashboard_in_scope(scope=scope)
     context = {
+        "scope": scope,
         "board": board,
         "month_start": board.month_start,
         "totals": board.month,
@@ -73,6 +85,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             for log in board.recent_logs
         ],
         "alerts": board.alerts,
+        "allowance": board.allowance,
         "cost_chart": _chart(
             board.series,
             metric="cost_micros",
@@ -90,18 +103,18 @@ def _log_query(request: HttpRequest, **changes: str) -> str:
     return urlencode({name: value for name, value in params.items() if value})
 
 
-def log_csv_response(request: HttpRequest, *, user: User, filters: LogFilters) -> HttpResponse:
-    """The filtered logs as a streamed CSV download (the page's and the API's export).
+def log_csv_response(request: HttpRequest, *, scope: Scope, filters: LogFilters) -> HttpResponse:
+    """The scope's filtered logs as a streamed CSV download (the page's and the API's export).
 
     Under ASGI the body must be an async iterator: Django reads a sync one whole into memory
     before sending it. Under WSGI (and the test client) it is the plain generator.
     """
     if isinstance(request, ASGIRequest):
-        body = request_logs_csv_async(user=user, filters=filters)
+        body = request_logs_csv_async(scope=scope, filters=filters)
     else:
-        body = request_logs_csv(user=user, filters=filters)
+        body = request_logs_csv(scope=scope, filters=filters)
     response = StreamingHttpResponse(body, content_type="text/csv; charset=utf-8")
-    filename = log_csv_filename(user=user)
+    filename = log_csv_filename(user=scope.user)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Cache-Control"] = "no-store"
     return response
@@ -109,15 +122,21 @@ def log_csv_response(request: HttpRequest, *, user: User, filters: LogFilters) -
 
 @login_required
 def log_list(request: HttpRequest) -> HttpResponse:
+    scope = request_scope(request)
+    member = shows_member(scope)
     error = None
     try:
         filters = log_filters_parse(user=request.user, params=request.GET)
-        logs = request_logs_filtered(user=request.user, filters=filters).only(*LOG_LIST_FIELDS)
+        logs = request_logs_filtered(scope=scope, filters=filters).only(*LOG_LIST_FIELDS)
+        if member:
+            logs = request_logs_with_member(logs)
         page = request_logs_page(logs, cursor=request.GET.get("cursor", ""))
     except ApplicationError as exc:
         error, filters, page = exc, LogFilters(), LogPage(rows=[], next_cursor=None)
-    options = log_filter_options(user=request.user)
+    options = log_filter_options(scope=scope)
     context = {
+        "scope": scope,
+        "show_member": member,
         "logs": page.rows,
         "page_size": LOG_PAGE_SIZE,
         "filters": filters,
@@ -140,19 +159,22 @@ def log_export_csv(request: HttpRequest) -> HttpResponse:
         filters = log_filters_parse(user=request.user, params=request.GET)
     except ApplicationError as exc:
         return HttpResponseBadRequest(exc.message, content_type="text/plain; charset=utf-8")
-    return log_csv_response(request, user=request.user, filters=filters)
+    return log_csv_response(request, scope=request_scope(request), filters=filters)
 
 
 @login_required
 def log_detail(request: HttpRequest, request_id: str) -> HttpResponse:
-    log = _get_log_for_user(request.user, request_id)
+    scope = request_scope(request)
+    log = _get_log_in_scope(scope, request_id)
     params = json.dumps(log.request_params, indent=2, sort_keys=True, ensure_ascii=False)
     try:
         reason = HTTPStatus(log.status_code).phrase
     except ValueError:
         reason = ""
     context = {
+        "scope": scope,
         "log": log,
+        "show_member": shows_member(scope),
         "request_params_json": params,
         "status_reason": reason,
         "call_type_label": LOG_CALL_TYPES.get(log.call_type, log.call_type),
@@ -168,6 +190,7 @@ RECENT_CALL_COLUMNS = (
 )
 _BUCKET_NAMES = {"day": "Day", "week": "Week of", "month": "Month"}
 _CHART_UNITS = {"cost_micros": "usd", "tokens": "count", "requests": "count"}
+# The usage CSV's columns (the README documents them); by member, the email is added last.
 USAGE_CSV_COLUMNS = [
     "name",
     "id",
@@ -181,6 +204,13 @@ USAGE_CSV_COLUMNS = [
     "cost_micros",
     "avg_duration_ms",
 ]
+USAGE_CSV_MEMBER_COLUMN = "member_email"
+_BREAKDOWN_TITLES = {
+    "model": "By model",
+    "key": "By key",
+    "group": "By group",
+    "member": "By member",
+}
 
 
 def _csv_text(value: str) -> str:
@@ -224,6 +254,7 @@ def _chart(series: UsageSeries, *, metric: str, chart_id: str, title: str) -> di
 
 def _usage_query_or_default(request: HttpRequest) -> tuple[UsageQuery, ApplicationError | None]:
     """The page's query, or the last 30 days with the error to show when the query is wrong."""
+    # The range is in the user's days whatever the scope.
     try:
         return usage_query_parse(user=request.user, params=request.GET), None
     except ApplicationError as exc:
@@ -247,11 +278,11 @@ def _usage_link(query: UsageQuery, **changes: str) -> str:
 
 @login_required
 def usage(request: HttpRequest) -> HttpResponse:
-    user = request.user
+    scope = request_scope(request)
     query, error = _usage_query_or_default(request)
     days = query.days
-    series = usage_series_for_user(
-        user=user,
+    series = usage_series_in_scope(
+        scope=scope,
         start=days.start,
         end=days.end,
         granularity=query.granularity,
@@ -269,26 +300,35 @@ def usage(request: HttpRequest) -> HttpResponse:
             ("requests", "requests", "Requests"),
         )
     ]
+    breakdowns = list(usage_breakdowns_for_scope(scope))
+    # ?by= (the organization page's "Usage by member" link) puts that table first.
+    chosen = request.GET.get("by", "")
+    if chosen in breakdowns:
+        breakdowns.sort(key=lambda by: by != chosen)
+    else:
+        chosen = ""
     tables = [
         {
             "by": by,
-            "title": f"By {by}",
-            "rows": usage_breakdown_for_user(user=user, start=days.start, end=days.end, by=by),
+            "title": _BREAKDOWN_TITLES[by],
+            "columns": _breakdown_columns(by),
+            "rows": usage_breakdown_in_scope(scope=scope, start=days.start, end=days.end, by=by),
             "csv_query": _usage_link(query, by=by),
         }
-        for by in SPLITS
+        for by in breakdowns
     ]
     context = {
+        "scope": scope,
         "query": query,
         "days": days,
         "error": error,
-        "totals": usage_rollup_totals_for_user(user=user, start=days.start, end=days.end),
+        "totals": usage_rollup_totals_in_scope(scope=scope, start=days.start, end=days.end),
         "charts": charts,
         "tables": tables,
         "presets": [
             {
                 "label": label,
-                "query": _usage_link(query, range=preset),
+                "query": _usage_link(query, range=preset, by=chosen),
                 "current": preset == days.preset,
             }
             for preset, label in RANGE_PRESETS.items()
@@ -296,28 +336,28 @@ def usage(request: HttpRequest) -> HttpResponse:
         ],
         "granularities": GRANULARITIES,
         "splits": SPLITS,
+        "chosen_by": chosen,
+        "show_by_member": "member" in breakdowns,
     }
     return render(request, "usage/usage.html", context)
 
 
-@login_required
-def usage_export_csv(request: HttpRequest) -> HttpResponse:
-    """One of the Usage page's tables (by key, model or group) as CSV: a row per value, small."""
-    try:
-        query = usage_query_parse(user=request.user, params=request.GET)
-        by = request.GET.get("by") or "model"
-        rows = usage_breakdown_for_user(
-            user=request.user, start=query.days.start, end=query.days.end, by=by
-        )
-    except ApplicationError as exc:
-        return HttpResponseBadRequest(exc.message, content_type="text/plain; charset=utf-8")
-    days = query.days
+def _breakdown_columns(by: str) -> str:
+    """The columns of a breakdown table (partials/table.html)."""
+    name = "Member" if by == "member" else "Name"
+    return f"{name},Requests:num,Error rate:num,In:num,Out:num,Cached:num,Cost:num,Avg duration:num"
+
+
+def usage_csv_response(*, days: UsageRange, by: str, rows: list[UsageBreakdownRow]) -> HttpResponse:
+    """One breakdown of the usage (by key, model, group or member) as a CSV download: a row per
+    value, small (the page's and the API's export)."""
     filename = f"usage-by-{by}-{days.first_day:%Y-%m-%d}-to-{days.last_day:%Y-%m-%d}.csv"
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Cache-Control"] = "no-store"
+    member = by == "member"
     writer = csv.writer(response)
-    writer.writerow(USAGE_CSV_COLUMNS)
+    writer.writerow([*USAGE_CSV_COLUMNS, *([USAGE_CSV_MEMBER_COLUMN] if member else [])])
     for row in rows:
         rate = "" if row.error_rate_percent is None else f"{row.error_rate_percent:.1f}"
         writer.writerow(
@@ -333,6 +373,24 @@ def usage_export_csv(request: HttpRequest) -> HttpResponse:
                 f"{micros_to_usd(row.cost_micros):f}",
                 row.cost_micros,
                 "" if row.avg_duration_ms is None else row.avg_duration_ms,
+                *([_csv_text(row.member_email)] if member else []),
             ]
         )
     return response
+
+
+@login_required
+def usage_export_csv(request: HttpRequest) -> HttpResponse:
+    """One of the Usage page's tables (by key, model, group or member) as CSV."""
+    try:
+        query = usage_query_parse(user=request.user, params=request.GET)
+        by = request.GET.get("by") or "model"
+        rows = usage_breakdown_in_scope(
+            scope=request_scope(request), start=query.days.start, end=query.days.end, by=by
+        )
+    except ApplicationError as exc:
+        answer = (
+            HttpResponseForbidden if exc.code == "permission_denied" else HttpResponseBadRequest
+        )
+        return answer(exc.message, content_type="text/plain; charset=utf-8")
+    return usage_csv_response(days=query.days, by=by, rows=rows)

@@ -84,6 +84,7 @@ def test_the_list_answers_the_owners_calls_with_every_field(client, owner, outsi
                 "cost_micros": 4_321,
                 "cost_usd": "0.004321",
                 "attempts": 2,
+                "member_email": None,
             }
         ],
         "next": None,

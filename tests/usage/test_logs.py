@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncRequestFactory, RequestFactory
 
+from accounts.scope import Scope
 from tests.factories import ApiTokenFactory, RequestLogFactory, TokenGroupFactory, UserFactory
 from tokenbyte.keyset import cursor_decode, cursor_encode, rows_after
 from usage import selectors
@@ -213,7 +214,7 @@ def test_pages_follow_each_other_across_equal_timestamps_without_losing_or_repea
 
 def test_calls_made_while_paging_do_not_shift_the_next_page(owner):
     old = [RequestLogFactory(user=owner, created_at=T0) for _ in range(5)]
-    logs = request_logs_filtered(user=owner, filters=LogFilters())
+    logs = request_logs_filtered(scope=Scope(user=owner), filters=LogFilters())
     first = request_logs_page(logs, size=3)
 
     RequestLogFactory(user=owner, created_at=T0 + timedelta(hours=1))
@@ -225,7 +226,7 @@ def test_calls_made_while_paging_do_not_shift_the_next_page(owner):
 
 
 def test_the_next_page_query_walks_the_keyset_not_an_offset(owner):
-    logs = request_logs_filtered(user=owner, filters=LogFilters(model="gpt-4o-mini"))
+    logs = request_logs_filtered(scope=Scope(user=owner), filters=LogFilters(model="gpt-4o-mini"))
     cursor = cursor_encode(when=T0, pk=42)
 
     when, pk = cursor_decode(cursor)
@@ -474,7 +475,7 @@ def test_the_csv_walks_keyset_chunks_without_losing_or_repeating_a_row(owner, mo
             for i in range(11)]  # fmt: skip
     expected = [log.request_id for log in sorted(made, key=lambda r: (r.created_at, r.pk))][::-1]
 
-    chunks = list(request_logs_csv(user=owner, filters=LogFilters()))
+    chunks = list(request_logs_csv(scope=Scope(user=owner), filters=LogFilters()))
 
     # The header, then chunks of 4, 4 and 3 rows.
     assert [chunk.count("\n") for chunk in chunks] == [1, 4, 4, 3]
@@ -488,15 +489,24 @@ def test_the_async_csv_stream_is_the_same_text(owner, monkeypatch):
         RequestLogFactory(user=owner, created_at=T0 + timedelta(seconds=i // 3))
 
     async def collect() -> list[str]:
-        return [chunk async for chunk in request_logs_csv_async(user=owner, filters=LogFilters())]
+        return [
+            chunk
+            async for chunk in request_logs_csv_async(scope=Scope(user=owner), filters=LogFilters())
+        ]
 
-    assert async_to_sync(collect)() == list(request_logs_csv(user=owner, filters=LogFilters()))
+    assert async_to_sync(collect)() == list(
+        request_logs_csv(scope=Scope(user=owner), filters=LogFilters())
+    )
 
 
 def test_under_asgi_the_csv_response_streams_an_async_iterator(owner):
     # Django reads a sync iterator whole into memory before sending it over ASGI.
-    asgi = log_csv_response(AsyncRequestFactory().get("/"), user=owner, filters=LogFilters())
-    wsgi = log_csv_response(RequestFactory().get("/"), user=owner, filters=LogFilters())
+    asgi = log_csv_response(
+        AsyncRequestFactory().get("/"), scope=Scope(user=owner), filters=LogFilters()
+    )
+    wsgi = log_csv_response(
+        RequestFactory().get("/"), scope=Scope(user=owner), filters=LogFilters()
+    )
 
     assert asgi.is_async is True
     assert wsgi.is_async is False
@@ -535,7 +545,7 @@ def test_postgresqls_copy_writes_the_same_csv_as_python_for_awkward_rows(owner, 
             created_at=datetime(2026, 11, 1, 5, 59, 59, 999_999, tzinfo=UTC) + timedelta(seconds=i),
             **fields,
         )
-    logs = request_logs_filtered(user=owner, filters=LogFilters())
+    logs = request_logs_filtered(scope=Scope(user=owner), filters=LogFilters())
     zone = selectors.user_zone(owner)
 
     def whole(chunk) -> str:

@@ -2,14 +2,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from accounts.scope import Scope
 from tests.factories import ApiTokenFactory, TokenGroupFactory, UsageRollupFactory, UserFactory
 from tokenbyte.errors import ApplicationError
 from usage.selectors import (
     RollupTotals,
-    usage_breakdown_for_user,
+    usage_breakdown_in_scope,
     usage_range_for_user,
-    usage_rollup_totals_for_user,
-    usage_series_for_user,
+    usage_rollup_totals_in_scope,
+    usage_series_in_scope,
 )
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +53,7 @@ def test_totals_sum_the_users_hours_in_the_range_only(owner, outsider):
     UsageRollupFactory(user=owner, hour=at(31, 23, month=10), cost_micros=9_999)
     UsageRollupFactory(user=outsider, hour=at(2, 0), cost_micros=9_999)
 
-    totals = usage_rollup_totals_for_user(user=owner, start=NOV_1, end=DEC_1)
+    totals = usage_rollup_totals_in_scope(scope=Scope(user=owner), start=NOV_1, end=DEC_1)
 
     assert totals == RollupTotals(
         requests=5,
@@ -67,7 +68,7 @@ def test_totals_sum_the_users_hours_in_the_range_only(owner, outsider):
 
 
 def test_totals_of_an_empty_range_are_zero_without_rates(owner):
-    totals = usage_rollup_totals_for_user(user=owner, start=NOV_1, end=DEC_1)
+    totals = usage_rollup_totals_in_scope(scope=Scope(user=owner), start=NOV_1, end=DEC_1)
 
     assert totals == RollupTotals()
     assert (totals.error_rate_percent, totals.avg_duration_ms) == (None, None)
@@ -81,8 +82,8 @@ def test_users_in_utc_minus_8_and_utc_plus_9_get_different_days_for_the_same_hou
         UsageRollupFactory(user=user, hour=at(10, 20), cost_micros=20, requests=2)
 
     series = {
-        user: usage_series_for_user(
-            user=user,
+        user: usage_series_in_scope(
+            scope=Scope(user=user),
             start=user_range(user, date(2026, 11, 9), date(2026, 11, 11)).start,
             end=user_range(user, date(2026, 11, 9), date(2026, 11, 11)).end,
         )
@@ -104,7 +105,7 @@ def test_a_half_hour_zone_counts_an_hour_in_the_day_where_it_starts():
     UsageRollupFactory(user=user, hour=at(10, 18), cost_micros=7)
     days = user_range(user, date(2026, 11, 10), date(2026, 11, 11))
 
-    series = usage_series_for_user(user=user, start=days.start, end=days.end)
+    series = usage_series_in_scope(scope=Scope(user=user), start=days.start, end=days.end)
 
     assert series.total.cost_micros == [7, 0]
 
@@ -116,7 +117,9 @@ def test_weeks_start_on_the_users_monday():
     UsageRollupFactory(user=user, hour=at(15, 15), cost_micros=10)
     days = user_range(user, date(2026, 11, 12), date(2026, 11, 20))
 
-    series = usage_series_for_user(user=user, start=days.start, end=days.end, granularity="week")
+    series = usage_series_in_scope(
+        scope=Scope(user=user), start=days.start, end=days.end, granularity="week"
+    )
 
     assert series.bucket_labels == ["2026-11-09", "2026-11-16"]
     assert series.total.cost_micros == [1, 10]
@@ -129,7 +132,9 @@ def test_months_change_at_the_users_midnight():
     UsageRollupFactory(user=user, hour=at(30, 15), cost_micros=40, prompt_tokens=7)
     days = user_range(user, date(2026, 10, 15), date(2026, 12, 31))
 
-    series = usage_series_for_user(user=user, start=days.start, end=days.end, granularity="month")
+    series = usage_series_in_scope(
+        scope=Scope(user=user), start=days.start, end=days.end, granularity="month"
+    )
 
     assert series.bucket_labels == ["2026-10", "2026-11", "2026-12"]
     assert series.total.cost_micros == [0, 3, 40]
@@ -143,7 +148,9 @@ def test_a_split_series_keeps_the_top_models_by_spend_and_sums_the_rest_as_other
     UsageRollupFactory(user=owner, hour=at(3, 8), model_id="m-g", cost_micros=5, requests=4)
     days = user_range(owner, date(2026, 11, 2), date(2026, 11, 3))
 
-    series = usage_series_for_user(user=owner, start=days.start, end=days.end, split="model")
+    series = usage_series_in_scope(
+        scope=Scope(user=owner), start=days.start, end=days.end, split="model"
+    )
 
     assert [(line.label, line.cost_micros) for line in series.lines] == [
         ("m-a", [700, 0]),
@@ -165,7 +172,9 @@ def test_a_split_by_key_names_the_users_keys_and_no_one_elses(owner, outsider):
     UsageRollupFactory(user=owner, hour=at(2, 8), key_id=outsiders_key.pk, cost_micros=10)
     days = user_range(owner, date(2026, 11, 2), date(2026, 11, 2))
 
-    series = usage_series_for_user(user=owner, start=days.start, end=days.end, split="key")
+    series = usage_series_in_scope(
+        scope=Scope(user=owner), start=days.start, end=days.end, split="key"
+    )
 
     assert [(line.key, line.label) for line in series.lines] == [
         (str(key.pk), "production-web"),
@@ -176,9 +185,9 @@ def test_a_split_by_key_names_the_users_keys_and_no_one_elses(owner, outsider):
 
 def test_a_series_rejects_an_unknown_granularity_or_split(owner):
     with pytest.raises(ApplicationError) as granularity:
-        usage_series_for_user(user=owner, start=NOV_1, end=DEC_1, granularity="hour")
+        usage_series_in_scope(scope=Scope(user=owner), start=NOV_1, end=DEC_1, granularity="hour")
     with pytest.raises(ApplicationError) as split:
-        usage_series_for_user(user=owner, start=NOV_1, end=DEC_1, split="channel")
+        usage_series_in_scope(scope=Scope(user=owner), start=NOV_1, end=DEC_1, split="channel")
 
     assert (granularity.value.code, granularity.value.extra) == (
         "invalid_granularity",
@@ -208,7 +217,7 @@ def test_a_breakdown_by_group_has_sums_error_rate_and_mean_duration(owner):
     UsageRollupFactory(user=owner, hour=at(2, 3), group_id=deleted_id, cost_micros=10)
     UsageRollupFactory(user=owner, hour=at(2, 3), group_id=0, cost_micros=5_000)
 
-    rows = usage_breakdown_for_user(user=owner, start=NOV_1, end=DEC_1, by="group")
+    rows = usage_breakdown_in_scope(scope=Scope(user=owner), start=NOV_1, end=DEC_1, by="group")
 
     assert [(row.label, row.requests, row.cost_micros) for row in rows] == [
         ("no group", 1, 5_000),
@@ -224,7 +233,7 @@ def test_a_breakdown_by_model_is_ordered_by_spend(owner):
     UsageRollupFactory(user=owner, hour=at(2, 1), model_id="cheap", cost_micros=1)
     UsageRollupFactory(user=owner, hour=at(2, 1), model_id="dear", cost_micros=99)
 
-    rows = usage_breakdown_for_user(user=owner, start=NOV_1, end=DEC_1, by="model")
+    rows = usage_breakdown_in_scope(scope=Scope(user=owner), start=NOV_1, end=DEC_1, by="model")
 
     assert [(row.key, row.label) for row in rows] == [("dear", "dear"), ("cheap", "cheap")]
 

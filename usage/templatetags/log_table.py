@@ -22,7 +22,7 @@ _ROW = (
     '<tr><td>{when}</td><td class="num">{cost}</td><td><code>{model}</code></td>'
     '<td class="num">{duration}</td><td class="num">{ttft}</td><td class="num">{prompt:,}</td>'
     '<td class="num">{completion:,}</td><td class="num">{cached:,}</td>'
-    '<td><span class="badge {badge}">{status}</span></td><td>{key}{group}</td>'
+    '<td><span class="badge {badge}">{status}</span></td>{member}<td>{key}{group}</td>'
     '<td><a href="{url}" aria-label="Details of the call at {when}">Details</a></td></tr>'
 )
 
@@ -33,7 +33,8 @@ def status_badge_class(code: int) -> str:
 
 
 @register.simple_tag(takes_context=True)
-def log_rows(context: template.Context, logs: list[RequestLog]) -> SafeString:
+def log_rows(context: template.Context, logs: list[RequestLog], member: bool = False) -> SafeString:
+    """The rows; with `member`, a cell of each call's member_email (an organization's logs)."""
     zone = user_zone(context["user"])
     # Request ids are [A-Za-z0-9_-]: one reverse() for the page, the id put in its place.
     url = reverse("log_detail", args=["REQUEST_ID"])
@@ -54,6 +55,7 @@ def log_rows(context: template.Context, logs: list[RequestLog]) -> SafeString:
                 status=log.status_code,
                 key=escape(log.token_name or "–"),
                 group=f' <span class="muted">· {escape(group)}</span>' if group else "",
+                member=f'<td class="log-member">{escape(log.member_email)}</td>' if member else "",
                 url=url.replace("REQUEST_ID", escape(log.request_id)),
             )
         )
