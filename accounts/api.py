@@ -1,4 +1,11 @@
-"""The accounts part of /api/: personal access tokens, keys and groups."""
+"""The accounts part of /api/: personal access tokens, keys and groups.
+
+The key endpoints take `?organization=<id>`: that organization's keys instead of your personal
+ones (you must be a member; an organization you are not in is a 404). There you create keys that
+spend from its wallet (when your keys are allowed: else 403 `organization_keys_not_allowed`);
+owners and admins read every member's keys and may disable, enable or revoke them, while editing
+and deleting a key stay its member's. Groups are personal: an organization's keys have none.
+"""
 
 import csv
 
@@ -19,12 +26,13 @@ from rest_framework.views import APIView
 
 from accounts.forms import ProfileForm
 from accounts.models import ApiToken, PersonalAccessToken, QuotaReset, TokenGroup, User
+from accounts.scope import Perm, Scope
 from accounts.selectors import (
     MonthUsage,
     access_tokens_for_user,
     api_token_export_rows,
-    api_token_month_usage_for_user,
-    api_tokens_for_user,
+    api_token_month_usage_for_scope,
+    api_tokens_for_scope,
     api_tokens_search,
     token_group_month_usage_for_user,
     token_groups_for_user,
@@ -44,7 +52,7 @@ from accounts.services import (
     token_group_update,
     user_profile_update,
 )
-from tokenbyte.api import ErrorSerializer, Pagination
+from tokenbyte.api import ErrorSerializer, Pagination, organization_parameter, request_api_scope
 from tokenbyte.errors import ApplicationError
 from usage.services import log_retention_days_for
 
@@ -108,9 +116,15 @@ class AccessTokenRevokeApi(APIView):
 # --- keys and groups ---
 
 
-def _get_key_for_user(user: User, key_id: int) -> ApiToken:
-    """The user's key with this id; another user's (or a playground key) is a 404."""
-    return get_object_or_404(api_tokens_for_user(user=user), pk=key_id)
+def _get_key_in_scope(scope: Scope, key_id: int, *, manage: bool = False) -> ApiToken:
+    """The key with this id among the scope's keys, and the caller's own: changing and deleting
+    a key are its owner's. With manage=True (read, enable, disable, revoke) an organization's
+    owners and admins reach every member's key there. Anything else (another user's key, a key
+    of another scope, a playground key) is a 404."""
+    keys = api_tokens_for_scope(scope=scope)
+    if not (manage and scope.can(Perm.MANAGE_KEYS)):
+        keys = keys.filter(owner=scope.user)
+    return get_object_or_404(keys, pk=key_id)
 
 
 def _get_group_for_user(user: User, group_id: int) -> TokenGroup:
@@ -137,16 +151,26 @@ class MonthUsageOutput(serializers.Serializer):
 class KeyOutput(serializers.ModelSerializer):
     """A relay key's metadata: never the key, never its digest. Money in micro-USD."""
 
+    organization = serializers.IntegerField(
+        source="organization_id",
+        allow_null=True,
+        help_text="The organization whose wallet the key spends from; null for a personal key.",
+    )
+    owner_email = serializers.EmailField(
+        source="owner.email", help_text="Whose key it is (an organization's member)."
+    )
     group_name = serializers.SerializerMethodField()
     is_expired = serializers.SerializerMethodField()
     month = serializers.SerializerMethodField(
-        help_text="This month's usage (the user's time zone), from the hourly rollups."
+        help_text="This month's usage (your time zone; an organization's key: the "
+        "organization's), from the hourly rollups."
     )
 
     class Meta:
         model = ApiToken
         fields = [
-            "id", "name", "prefix", "status", "is_expired", "group", "group_name", "expires_at",
+            "id", "name", "prefix", "status", "is_expired", "organization", "owner_email",
+            "group", "group_name", "expires_at",
             "allowed_models", "allowed_ips", "max_cost_per_request_micros", "credit_limit_micros",
             "credit_used_micros", "rpm", "tpm", "rpd", "quota_tokens", "quota_used_tokens",
             "quota_reset", "quota_next_reset_at", "last_used_at", "created_at", "revoked_at",
@@ -166,8 +190,8 @@ class KeyOutput(serializers.ModelSerializer):
         return MonthUsageOutput(usage).data
 
 
-def _key_context(user: User) -> dict:
-    return {"usage": api_token_month_usage_for_user(user=user)}
+def _key_context(scope: Scope) -> dict:
+    return {"usage": api_token_month_usage_for_scope(scope=scope)}
 
 
 class KeyInput(serializers.Serializer):
@@ -203,7 +227,9 @@ def _key_kwargs(user: User, data: dict) -> dict:
 
 class KeyListApi(APIView):
     """List your relay keys (filters: status, group — 0 for keys in no group —, q on name or
-    prefix), or create one: its secret is in the 201 answer only."""
+    prefix), or create one: its secret is in the 201 answer only. With `?organization=`, the
+    organization's keys (every member's for owners and admins), and a new key spends from its
+    wallet (it has no group)."""
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=ApiToken.Status.choices, required=False)
@@ -218,69 +244,90 @@ class KeyListApi(APIView):
             read_only_fields = fields
 
     @extend_schema(
-        parameters=[FilterSerializer],
-        responses={200: KeyOutput(many=True), 400: ErrorSerializer},
+        parameters=[FilterSerializer, organization_parameter("keys")],
+        responses={200: KeyOutput(many=True), 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="keys_list",
     )
     def get(self, request: Request) -> Response:
+        scope = request_api_scope(request)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         data = filters.validated_data
         tokens = api_tokens_search(
-            user=request.user,
+            scope=scope,
             status=data.get("status", ""),
             group_id=data.get("group"),
             q=data.get("q", ""),
         )
         paginator = Pagination()
         page = paginator.paginate_queryset(tokens, request, view=self)
-        output = KeyOutput(page, many=True, context=_key_context(request.user))
+        output = KeyOutput(page, many=True, context=_key_context(scope))
         return paginator.get_paginated_response(output.data)
 
     @extend_schema(
+        parameters=[organization_parameter("keys")],
         request=KeyInput,
-        responses={201: KeyCreatedSerializer, 400: ErrorSerializer},
+        responses={
+            201: KeyCreatedSerializer,
+            400: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+        },
         operation_id="keys_create",
     )
     def post(self, request: Request) -> Response:
+        scope = request_api_scope(request)
         data = KeyInput(data=request.data)
         data.is_valid(raise_exception=True)
         token, key = api_token_create(
-            owner=request.user, **_key_kwargs(request.user, dict(data.validated_data))
+            owner=request.user,
+            organization=scope.organization,
+            **_key_kwargs(request.user, dict(data.validated_data)),
         )
         token.key = key
-        body = self.KeyCreatedSerializer(token, context=_key_context(request.user)).data
+        body = self.KeyCreatedSerializer(token, context=_key_context(scope)).data
         return Response(body, status=status.HTTP_201_CREATED)
 
 
 class KeyDetailApi(APIView):
     """One of your keys: read, change any option (PATCH: only the fields sent), or delete it
-    (its logs stay, under the key's name)."""
-
-    @extend_schema(responses={200: KeyOutput, 404: ErrorSerializer}, operation_id="keys_retrieve")
-    def get(self, request: Request, key_id: int) -> Response:
-        token = _get_key_for_user(request.user, key_id)
-        return Response(KeyOutput(token, context=_key_context(request.user)).data)
+    (its logs stay, under the key's name). With `?organization=`, owners and admins also read
+    every member's key there; changing or deleting one stays its member's (404 for others)."""
 
     @extend_schema(
+        parameters=[organization_parameter("keys")],
+        responses={200: KeyOutput, 404: ErrorSerializer},
+        operation_id="keys_retrieve",
+    )
+    def get(self, request: Request, key_id: int) -> Response:
+        scope = request_api_scope(request)
+        token = _get_key_in_scope(scope, key_id, manage=True)
+        return Response(KeyOutput(token, context=_key_context(scope)).data)
+
+    @extend_schema(
+        parameters=[organization_parameter("keys")],
         request=KeyInput(partial=True),
         responses={200: KeyOutput, 400: ErrorSerializer, 404: ErrorSerializer,
                    409: ErrorSerializer},
         operation_id="keys_update",
     )  # fmt: skip
     def patch(self, request: Request, key_id: int) -> Response:
-        token = _get_key_for_user(request.user, key_id)
+        scope = request_api_scope(request)
+        token = _get_key_in_scope(scope, key_id)
         data = KeyInput(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         api_token_update(token=token, **_key_kwargs(request.user, dict(data.validated_data)))
-        token = _get_key_for_user(request.user, key_id)
-        return Response(KeyOutput(token, context=_key_context(request.user)).data)
+        token = _get_key_in_scope(scope, key_id)
+        return Response(KeyOutput(token, context=_key_context(scope)).data)
 
     @extend_schema(
-        request=None, responses={204: None, 404: ErrorSerializer}, operation_id="keys_delete"
+        parameters=[organization_parameter("keys")],
+        request=None,
+        responses={204: None, 404: ErrorSerializer},
+        operation_id="keys_delete",
     )
     def delete(self, request: Request, key_id: int) -> Response:
-        token = _get_key_for_user(request.user, key_id)
+        token = _get_key_in_scope(request_api_scope(request), key_id)
         api_token_delete(token=token)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -289,16 +336,18 @@ class _KeyStatusApi(APIView):
     target_status = ""
 
     def post(self, request: Request, key_id: int) -> Response:
-        token = _get_key_for_user(request.user, key_id)
+        scope = request_api_scope(request)
+        token = _get_key_in_scope(scope, key_id, manage=True)
         if token.status == ApiToken.Status.REVOKED and self.target_status != token.status:
             raise ApplicationError(
                 "the key is revoked; revoking is final", code="revoked", extra={"status": 409}
             )
         api_token_set_status(token=token, status=self.target_status)
-        return Response(KeyOutput(token, context=_key_context(request.user)).data)
+        return Response(KeyOutput(token, context=_key_context(scope)).data)
 
 
 _STATUS_SCHEMA = {
+    "parameters": [organization_parameter("keys")],
     "request": None,
     "responses": {200: KeyOutput, 404: ErrorSerializer, 409: ErrorSerializer},
 }
@@ -342,23 +391,27 @@ class BatchOutput(serializers.Serializer):
 
 
 class KeyBatchRevokeApi(APIView):
-    """Revoke up to 1000 of your keys at once. Ids that are not yours are reported in
+    """Revoke up to 1000 of your keys at once (with `?organization=`: of the organization's keys
+    you may revoke, every member's for owners and admins). Other ids are reported in
     `not_found` and nothing of anyone else's changes."""
 
     @extend_schema(
+        parameters=[organization_parameter("keys")],
         request=IdsInput,
-        responses={200: BatchOutput, 400: ErrorSerializer},
+        responses={200: BatchOutput, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="keys_batch_revoke",
     )
     def post(self, request: Request) -> Response:
+        scope = request_api_scope(request)
         data = IdsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        result = api_tokens_revoke(owner=request.user, ids=data.validated_data["ids"])
+        result = api_tokens_revoke(owner=request.user, ids=data.validated_data["ids"], scope=scope)
         return Response(BatchOutput(result).data)
 
 
 class KeyBatchReadApi(APIView):
-    """The metadata of up to 1000 of your keys in one call, in the order asked."""
+    """The metadata of up to 1000 of your keys (or of `?organization=`'s you may see) in one
+    call, in the order asked."""
 
     class OutputSerializer(serializers.Serializer):
         keys = KeyOutput(many=True)
@@ -368,17 +421,19 @@ class KeyBatchReadApi(APIView):
             ref_name = "KeyBatchReadOutput"
 
     @extend_schema(
+        parameters=[organization_parameter("keys")],
         request=IdsInput,
-        responses={200: OutputSerializer, 400: ErrorSerializer},
+        responses={200: OutputSerializer, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="keys_batch_read",
     )
     def post(self, request: Request) -> Response:
+        scope = request_api_scope(request)
         data = IdsInput(data=request.data)
         data.is_valid(raise_exception=True)
         ids = list(dict.fromkeys(data.validated_data["ids"]))
-        found = {t.pk: t for t in api_tokens_for_user(user=request.user).filter(pk__in=ids)}
+        found = {t.pk: t for t in api_tokens_for_scope(scope=scope).filter(pk__in=ids)}
         keys = [found[i] for i in ids if i in found]
-        context = _key_context(request.user)
+        context = _key_context(scope)
         return Response(
             {
                 "keys": KeyOutput(keys, many=True, context=context).data,
@@ -394,7 +449,8 @@ class _Echo:
 
 class KeyExportApi(APIView):
     """Your keys' metadata as CSV (never a key, never its digest); `ids` (comma-separated)
-    narrows it to those keys."""
+    narrows it to those keys. With `?organization=`, the organization's keys you may see, each
+    row ending with its member's email (`member_email`)."""
 
     def perform_content_negotiation(self, request: Request, force: bool = False):
         # CSV whatever the Accept header says (`text/csv` included); an error before it is the
@@ -405,15 +461,18 @@ class KeyExportApi(APIView):
         parameters=[
             OpenApiParameter(
                 "ids", str, description="Comma-separated key ids; all keys when absent."
-            )
+            ),
+            organization_parameter("keys"),
         ],
         responses={
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The CSV file."),
             (400, "application/json"): ErrorSerializer,
+            (404, "application/json"): ErrorSerializer,
         },
         operation_id="keys_export_csv",
     )
     def get(self, request: Request) -> StreamingHttpResponse:
+        scope = request_api_scope(request)
         raw = request.query_params.get("ids", "").strip()
         ids = None
         if raw:
@@ -424,7 +483,7 @@ class KeyExportApi(APIView):
                     "ids must be comma-separated integers", extra={"param": "ids"}
                 ) from None
         writer = csv.writer(_Echo())
-        rows = api_token_export_rows(user=request.user, ids=ids)
+        rows = api_token_export_rows(scope=scope, ids=ids)
         response = StreamingHttpResponse(
             (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"
         )

@@ -179,7 +179,10 @@ class ApiTokenForm(LimitsForm):
         "rpd", "quota_tokens", "quota_reset", "expires_at", "group", "allowed_ips",
     ]  # fmt: skip
 
-    def __init__(self, *args, user: User, token: ApiToken | None = None, **kwargs) -> None:
+    def __init__(
+        self, *args, user: User, token: ApiToken | None = None, with_group: bool = True, **kwargs
+    ) -> None:
+        """with_group=False: an organization's key, which has no group (groups are personal)."""
         from catalog.selectors import models_callable
 
         self.zone = _zone(user)
@@ -202,7 +205,10 @@ class ApiTokenForm(LimitsForm):
             choices += [(m, f"{m} · not available now") for m in token.allowed_models or ()
                         if m not in known]  # fmt: skip
         self.fields["allowed_models"].choices = choices
-        self.fields["group"].queryset = TokenGroup.objects.filter(owner=user).order_by("name")
+        if with_group:
+            self.fields["group"].queryset = TokenGroup.objects.filter(owner=user).order_by("name")
+        else:
+            del self.fields["group"]
         self.fields[
             "expires_at"
         ].help_text = (
@@ -229,7 +235,7 @@ class ApiTokenForm(LimitsForm):
             "allowed_models": data["allowed_models"],
             "max_cost_per_request_micros": _micros(data["max_cost_per_request_usd"]),
             "expires_at": data["expires_at"],
-            "group": data["group"],
+            **({"group": data["group"]} if "group" in self.fields else {}),
             "allowed_ips": data["allowed_ips"],
         }
 

@@ -1,11 +1,26 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import BigIntegerField, CharField, Count, F, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
+from django.utils import timezone
 
-from accounts.models import ApiToken, AuditEvent, PersonalAccessToken, TokenGroup, User
+from accounts.models import (
+    ApiToken,
+    AuditEvent,
+    Invitation,
+    Membership,
+    PersonalAccessToken,
+    TokenGroup,
+    User,
+)
+
+if TYPE_CHECKING:
+    from accounts.scope import Scope
 
 
 def api_tokens_for_user(*, user: User) -> QuerySet[ApiToken]:
@@ -21,11 +36,23 @@ def api_tokens_for_user(*, user: User) -> QuerySet[ApiToken]:
     )
 
 
+def api_tokens_for_scope(*, scope: "Scope") -> QuerySet[ApiToken]:
+    """The keys of a console page's or API call's scope, newest first, with their group and
+    owner (one query): personal = the user's keys spending from their own wallet (no
+    organization); an organization's = every member's keys there for owners and admins, the
+    user's own there for members. Playground keys are never listed (see api_tokens_for_user)."""
+    return (
+        ApiToken.objects.filter(scope.rows(user_field="owner"), is_playground=False)
+        .select_related("group", "owner")
+        .order_by("-created_at", "-id")
+    )
+
+
 def api_tokens_search(
-    *, user: User, status: str = "", group_id: int | None = None, q: str = ""
+    *, scope: "Scope", status: str = "", group_id: int | None = None, q: str = ""
 ) -> QuerySet[ApiToken]:
-    """The user's keys narrowed by status, group (0 = keys in no group) and a name/prefix text."""
-    tokens = api_tokens_for_user(user=user)
+    """The scope's keys narrowed by status, group (0 = keys in no group) and a name/prefix text."""
+    tokens = api_tokens_for_scope(scope=scope)
     if status:
         tokens = tokens.filter(status=status)
     if group_id == 0:
@@ -85,14 +112,35 @@ class MonthUsage:
     cost_micros: int = 0
 
 
-def _month_usage_by(
-    *, user: User, field: str, now: datetime | None = None
-) -> dict[int, MonthUsage]:
-    from usage.models import UsageRollup
+def scope_month_start(*, scope: "Scope", now: datetime | None = None) -> datetime:
+    """Midnight of the first day of the current month where the scope counts its months: the
+    user's time zone (personal) or the organization's (where member allowances restart too)."""
     from usage.selectors import month_start_for_user
 
+    if scope.personal:
+        return month_start_for_user(user=scope.user, now=now)
+    try:
+        zone = ZoneInfo(scope.organization.time_zone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    local = (now or timezone.now()).astimezone(zone)
+    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _month_usage_by(
+    *, scope: "Scope", field: str, now: datetime | None = None
+) -> dict[int, MonthUsage]:
+    from usage.models import UsageRollup
+
+    # Rollups carry the organization as a plain id, 0 for personal calls.
+    if scope.personal:
+        rows = UsageRollup.objects.filter(user=scope.user, organization_id=0)
+    else:
+        rows = UsageRollup.objects.filter(organization_id=scope.organization_id)
+        if not scope.sees_all:
+            rows = rows.filter(user=scope.user)
     rows = (
-        UsageRollup.objects.filter(user=user, hour__gte=month_start_for_user(user=user, now=now))
+        rows.filter(hour__gte=scope_month_start(scope=scope, now=now))
         .exclude(**{field: 0})
         .values(field)
         .annotate(
@@ -113,19 +161,33 @@ def _month_usage_by(
     }
 
 
+def _personal(user: User) -> "Scope":
+    from accounts.scope import Scope
+
+    return Scope(user=user)
+
+
+def api_token_month_usage_for_scope(
+    *, scope: "Scope", now: datetime | None = None
+) -> dict[int, MonthUsage]:
+    """Requests, tokens and cost of each key of the scope this month (scope_month_start), by
+    key id, from the hourly rollups in one grouped query. A key without calls is absent."""
+    return _month_usage_by(scope=scope, field="key_id", now=now)
+
+
 def api_token_month_usage_for_user(
     *, user: User, now: datetime | None = None
 ) -> dict[int, MonthUsage]:
-    """Requests, tokens and cost of each of the user's keys this month (the user's time zone),
-    by key id, from the hourly rollups in one grouped query. A key without calls is absent."""
-    return _month_usage_by(user=user, field="key_id", now=now)
+    """The same for the user's personal keys (the user's time zone)."""
+    return _month_usage_by(scope=_personal(user), field="key_id", now=now)
 
 
 def token_group_month_usage_for_user(
     *, user: User, now: datetime | None = None
 ) -> dict[int, MonthUsage]:
-    """The same per group id: what the group's keys spent in it this month (one query)."""
-    return _month_usage_by(user=user, field="group_id", now=now)
+    """The same per group id: what the group's keys spent in it this month (one query). Groups
+    are personal: an organization's keys have none."""
+    return _month_usage_by(scope=_personal(user), field="group_id", now=now)
 
 
 # The columns of a key export (console and API): metadata only, never the key nor its digest.
@@ -135,10 +197,15 @@ API_TOKEN_EXPORT_COLUMNS = [
     "quota_used_tokens", "quota_reset", "credit_limit_usd", "credit_used_usd",
     "max_cost_per_request_usd", "month_requests", "month_tokens", "month_cost_usd",
 ]  # fmt: skip
+# Added at the end in an organization's scope (the columns above are a documented contract).
+API_TOKEN_EXPORT_ORG_COLUMNS = ["member_email"]
 
 
-def api_token_export_rows(*, user: User, ids: list[int] | None = None) -> Iterator[list[str | int]]:
-    """The header and one row per key of the user (or of those ids among them) for a CSV export.
+def api_token_export_rows(
+    *, scope: "Scope", ids: list[int] | None = None
+) -> Iterator[list[str | int]]:
+    """The header and one row per key of the scope (or of those ids among them) for a CSV
+    export; in an organization's scope each row ends with the key's member (its owner).
 
     Times are ISO 8601 in UTC, money in USD with 6 decimals, lists joined by spaces, empty cells
     for "no limit". Two queries: the keys and this month's usage.
@@ -154,13 +221,15 @@ def api_token_export_rows(*, user: User, ids: list[int] | None = None) -> Iterat
     def count(value: int | None) -> str | int:
         return "" if value is None else value
 
-    tokens = api_tokens_for_user(user=user)
+    tokens = api_tokens_for_scope(scope=scope)
     if ids is not None:
         tokens = tokens.filter(pk__in=ids)
-    usage = api_token_month_usage_for_user(user=user)
-    yield list(API_TOKEN_EXPORT_COLUMNS)
+    usage = api_token_month_usage_for_scope(scope=scope)
+    extra = [] if scope.personal else API_TOKEN_EXPORT_ORG_COLUMNS
+    yield [*API_TOKEN_EXPORT_COLUMNS, *extra]
     for token in tokens.iterator(chunk_size=1000):
         month = usage.get(token.pk, MonthUsage())
+        member = [] if scope.personal else [token.owner.email]
         yield [
             token.pk, token.name, token.prefix, token.status,
             token.group.name if token.group else "",
@@ -170,5 +239,96 @@ def api_token_export_rows(*, user: User, ids: list[int] | None = None) -> Iterat
             count(token.rpm), count(token.tpm), count(token.rpd), count(token.quota_tokens),
             token.quota_used_tokens, token.quota_reset, usd(token.credit_limit_micros),
             usd(token.credit_used_micros), usd(token.max_cost_per_request_micros),
-            month.requests, month.tokens, usd(month.cost_micros),
+            month.requests, month.tokens, usd(month.cost_micros), *member,
         ]  # fmt: skip
+
+
+# --- organizations (the /api/ organization endpoints read these) --------------------------------
+
+
+def memberships_for_user(*, user: User) -> QuerySet[Membership]:
+    """The user's memberships by organization name, each with its organization, that
+    organization's wallet and `member_count` (one query)."""
+    return (
+        Membership.objects.filter(user=user)
+        .select_related("organization", "organization__wallet")
+        .annotate(member_count=Count("organization__memberships"))
+        .order_by("organization__name", "organization_id")
+    )
+
+
+def memberships_for_organization(*, organization_id: int) -> QuerySet[Membership]:
+    """An organization's members in the order they joined, with their users."""
+    return (
+        Membership.objects.filter(organization_id=organization_id)
+        .select_related("user", "organization")
+        .order_by("created_at", "id")
+    )
+
+
+def invitations_for_organization(*, organization_id: int) -> QuerySet[Invitation]:
+    """An organization's invitations, newest first, with who sent and who accepted them."""
+    return (
+        Invitation.objects.filter(organization_id=organization_id)
+        .select_related("organization", "invited_by", "accepted_by")
+        .order_by("-created_at", "-id")
+    )
+
+
+def invitations_pending_for_email(*, email: str) -> QuerySet[Invitation]:
+    """Invitations addressed to this email that can still be accepted, newest first, with
+    their organization and who sent them (the console's organization page lists them)."""
+    return (
+        Invitation.objects.filter(
+            email=email.lower(), accepted_at__isnull=True, declined_at__isnull=True,
+            revoked_at__isnull=True, expires_at__gt=timezone.now(),
+        )
+        .select_related("organization", "invited_by")
+        .order_by("-created_at", "-id")
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScopeChoice:
+    """One entry of the console header's scope switcher: personal (no organization) or one of
+    the user's organizations, with the wallet balance the header shows in that scope."""
+
+    organization_id: int | None
+    name: str
+    role: str
+    balance_micros: int
+
+    @property
+    def role_label(self) -> str:
+        return Membership.Role(self.role).label if self.role else ""
+
+
+def scope_choices_for_user(*, user: User) -> list[ScopeChoice]:
+    """Personal first, then the user's organizations by name, in ONE query (a UNION of the
+    user's own wallet and their memberships with their organizations' wallets): every console
+    page renders the switcher and the balance, so they cost what the balance alone used to."""
+    from billing.models import Wallet
+
+    columns = ("org_id", "org_name", "member_role", "balance")
+    own = Wallet.objects.filter(user=user).annotate(
+        org_id=Value(None, output_field=BigIntegerField()),
+        org_name=Value("", output_field=CharField()),
+        member_role=Value("", output_field=CharField()),
+        balance=F("balance_micros"),
+    )
+    theirs = Membership.objects.filter(user=user).annotate(
+        org_id=F("organization_id"),
+        org_name=F("organization__name"),
+        member_role=F("role"),
+        balance=Coalesce(F("organization__wallet__balance_micros"), 0),
+    )
+    rows = own.values_list(*columns).union(theirs.values_list(*columns), all=True)
+    personal_balance = 0
+    organizations = []
+    for org_id, name, role, balance in rows:
+        if org_id is None:
+            personal_balance = balance
+        else:
+            organizations.append(ScopeChoice(org_id, name, role, balance))
+    organizations.sort(key=lambda choice: (choice.name.lower(), choice.organization_id))
+    return [ScopeChoice(None, "Personal", "", personal_balance), *organizations]

@@ -158,6 +158,8 @@ def api_token_create(
         raise ApplicationError("the group belongs to someone else", extra={"param": "group"})
     if organization is not None:
         _check_org_keys(owner, organization)
+        if group is not None:
+            raise ApplicationError(ORG_KEY_NO_GROUP, extra={"param": "group"})
     _check_non_negative(
         rpm=rpm,
         tpm=tpm,
@@ -198,6 +200,10 @@ def api_token_create(
             user=owner, kind=AuditEvent.Kind.KEY_CREATED, detail=f"{token.name} ({token.prefix}…)"
         )
     return token, key
+
+
+# Key groups are personal: an organization's keys answer to its wallet and member allowances.
+ORG_KEY_NO_GROUP = "an organization's key cannot be in a group"
 
 
 def _check_org_keys(owner: User, organization: Organization) -> None:
@@ -253,6 +259,8 @@ def api_token_set_group(*, token: ApiToken, group: TokenGroup | None) -> bool:
     """
     if group is not None and group.owner_id != token.owner_id:
         raise ApplicationError("the group belongs to someone else")
+    if group is not None and token.organization_id is not None:
+        raise ApplicationError(ORG_KEY_NO_GROUP, extra={"param": "group"})
     rows = ApiToken.objects.filter(pk=token.pk)
     if group is None:
         changed = rows.filter(group_id__isnull=False).update(group=None)
@@ -363,6 +371,8 @@ def api_token_update(
         name = _clean_name(name, what="key")
     if group is not UNSET and group is not None and group.owner_id != token.owner_id:
         raise ApplicationError("the group belongs to someone else", extra={"param": "group"})
+    if group is not UNSET and group is not None and token.organization_id is not None:
+        raise ApplicationError(ORG_KEY_NO_GROUP, extra={"param": "group"})
     if allowed_models is not UNSET:
         with _about("allowed_models"):
             allowed_models = _clean_models(allowed_models)
@@ -447,18 +457,24 @@ def _batch_ids(ids: Iterable[int]) -> list[int]:
     return wanted
 
 
-def _owned_key_ids(owner: User, ids: list[int]) -> set[int]:
-    return set(
-        ApiToken.objects.filter(owner=owner, is_playground=False, pk__in=ids).values_list(
-            "pk", flat=True
-        )
-    )
+def _owned_key_ids(owner: User, ids: list[int], scope: "Scope | None" = None) -> set[int]:
+    """Those ids that are the owner's keys, or with a scope the scope's keys (an organization's
+    owners and admins: every member's keys there)."""
+    keys = ApiToken.objects.filter(is_playground=False, pk__in=ids)
+    if scope is None:
+        keys = keys.filter(owner=owner)
+    else:
+        keys = keys.filter(scope.rows(user_field="owner"))
+    return set(keys.values_list("pk", flat=True))
 
 
-def api_tokens_revoke(*, owner: User, ids: Iterable[int]) -> BatchResult:
-    """Revoke several of the owner's keys at once. Other users' ids change nothing."""
+def api_tokens_revoke(
+    *, owner: User, ids: Iterable[int], scope: "Scope | None" = None
+) -> BatchResult:
+    """Revoke several of the owner's keys at once (with a scope: the scope's keys, see
+    _owned_key_ids). Other ids change nothing."""
     wanted = _batch_ids(ids)
-    owned = _owned_key_ids(owner, wanted)
+    owned = _owned_key_ids(owner, wanted, scope)
     now = timezone.now()
     with transaction.atomic():
         # Rows in pk order (Saleor's rule), so two batches over the same keys cannot deadlock.
@@ -467,16 +483,19 @@ def api_tokens_revoke(*, owner: User, ids: Iterable[int]) -> BatchResult:
             .exclude(status=ApiToken.Status.REVOKED)
             .order_by("pk")
             .select_for_update(of=("self",))
-            .values_list("pk", "name", "prefix")
+            .values_list("pk", "name", "prefix", "owner_id")
         )
-        ApiToken.objects.filter(pk__in=[pk for pk, _, _ in live]).update(
+        ApiToken.objects.filter(pk__in=[pk for pk, *_ in live]).update(
             status=ApiToken.Status.REVOKED, revoked_at=now
         )
+        # In the account of each key's owner (an organization's admin may revoke a member's).
         AuditEvent.objects.bulk_create(
-            AuditEvent(user=owner, kind=AuditEvent.Kind.KEY_REVOKED, detail=f"{name} ({prefix}…)")
-            for _, name, prefix in live
+            AuditEvent(
+                user_id=owner_id, kind=AuditEvent.Kind.KEY_REVOKED, detail=f"{name} ({prefix}…)"
+            )
+            for _, name, prefix, owner_id in live
         )
-    changed = {pk for pk, _, _ in live}
+    changed = {pk for pk, *_ in live}
     return BatchResult(
         changed=[i for i in wanted if i in changed],
         unchanged=[i for i in wanted if i in owned and i not in changed],
@@ -487,11 +506,14 @@ def api_tokens_revoke(*, owner: User, ids: Iterable[int]) -> BatchResult:
 def api_tokens_set_group(
     *, owner: User, ids: Iterable[int], group: TokenGroup | None
 ) -> BatchResult:
-    """Move several of the owner's keys into a group (or out of any); see api_token_set_group."""
+    """Move several of the owner's personal keys into a group (or out of any); see
+    api_token_set_group. An organization's keys have no group: their ids are not found here."""
+    from accounts.scope import Scope
+
     if group is not None and group.owner_id != owner.pk:
         raise ApplicationError("the group belongs to someone else", extra={"param": "group"})
     wanted = _batch_ids(ids)
-    owned = _owned_key_ids(owner, wanted)
+    owned = _owned_key_ids(owner, wanted, Scope(user=owner))
     group_id = group.pk if group is not None else None
     with transaction.atomic():
         moving = list(

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import api, views
+from accounts import api, org_api, views
 
 urlpatterns = [
     path("tokens/", views.token_list, name="tokens"),
@@ -43,5 +43,43 @@ api_urlpatterns = [
         "access-tokens/<int:token_id>/revoke/",
         api.AccessTokenRevokeApi.as_view(),
         name="api-access-token-revoke",
+    ),
+    # Organizations (accounts/org_api.py).
+    path("organizations/", org_api.OrganizationListApi.as_view(), name="api-organizations"),
+    path(
+        "organizations/<int:organization_id>/",
+        org_api.OrganizationDetailApi.as_view(),
+        name="api-organization",
+    ),
+    path(
+        "organizations/<int:organization_id>/members/",
+        org_api.MemberListApi.as_view(),
+        name="api-organization-members",
+    ),
+    path(
+        "organizations/<int:organization_id>/members/<int:member_id>/",
+        org_api.MemberDetailApi.as_view(),
+        name="api-organization-member",
+    ),
+    path(
+        "organizations/<int:organization_id>/invitations/",
+        org_api.InvitationListApi.as_view(),
+        name="api-organization-invitations",
+    ),
+    path(
+        "organizations/<int:organization_id>/invitations/<int:invitation_id>/",
+        org_api.InvitationDetailApi.as_view(),
+        name="api-organization-invitation",
+    ),
+    path("invitations/<str:token>/", org_api.InvitationByTokenApi.as_view(), name="api-invitation"),
+    path(
+        "invitations/<str:token>/accept/",
+        org_api.InvitationAcceptApi.as_view(),
+        name="api-invitation-accept",
+    ),
+    path(
+        "invitations/<str:token>/decline/",
+        org_api.InvitationDeclineApi.as_view(),
+        name="api-invitation-decline",
     ),
 ]

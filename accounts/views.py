@@ -19,12 +19,13 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.forms import AccessTokenForm, ApiTokenForm, ProfileForm, TokenGroupForm
 from accounts.models import ApiToken, PersonalAccessToken, TokenGroup, User
+from accounts.scope import Perm, Scope, member_keys_allowed, request_scope
 from accounts.selectors import (
     MonthUsage,
     access_tokens_for_user,
     api_token_export_rows,
-    api_token_month_usage_for_user,
-    api_tokens_for_user,
+    api_token_month_usage_for_scope,
+    api_tokens_for_scope,
     api_tokens_search,
     audit_events_for_user,
     token_group_month_usage_for_user,
@@ -49,10 +50,16 @@ from catalog.selectors import models_callable
 from tokenbyte.errors import ApplicationError
 
 
-def _get_token_for_user(user: User, token_id: int) -> ApiToken:
-    """The user's key with this id; another user's key is a 404, like a missing one."""
+def _get_token_in_scope(scope: Scope, token_id: int, *, manage: bool = False) -> ApiToken:
+    """The key with this id among the scope's keys, and the user's own: editing and deleting are
+    the owner's. With manage=True (disable, enable, revoke) an organization's owners and admins
+    reach every member's key there. Anything else (another user's key, a key of another scope) is
+    a 404, like a missing one."""
+    tokens = api_tokens_for_scope(scope=scope)
+    if not (manage and scope.can(Perm.MANAGE_KEYS)):
+        tokens = tokens.filter(owner=scope.user)
     try:
-        return api_tokens_for_user(user=user).get(pk=token_id)
+        return tokens.get(pk=token_id)
     except ApiToken.DoesNotExist:
         raise Http404("No such API key.") from None
 
@@ -90,28 +97,57 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+def _keys_refusal(scope: Scope) -> str:
+    """Why the scope's user may not create a key here, in words; empty when they may."""
+    if scope.personal:
+        return ""
+    org, membership = scope.organization, scope.membership
+    if member_keys_allowed(
+        role=membership.role,
+        member_keys_enabled=org.member_keys_enabled,
+        can_create_keys=membership.can_create_keys,
+    ):
+        return ""
+    if not org.member_keys_enabled:
+        return f"{org} does not let members create keys: ask an owner or admin."
+    return f"An owner or admin of {org} stopped your keys: ask them to allow them again."
+
+
+def _scope_context(scope: Scope) -> dict:
+    """What every tokens page says about the scope: whose keys, and the Member column."""
+    return {
+        "scope": scope,
+        "organization": scope.organization,
+        # An organization's owners and admins see every member's keys, with whose each is.
+        "show_member": not scope.personal and scope.sees_all,
+    }
+
+
 # --- keys ----------------------------------------------------------------------------------------
 
 
 @login_required
 def token_list(request: HttpRequest) -> HttpResponse:
-    """The user's keys with this month's usage per key; filters; a selection for batches."""
-    user = request.user
+    """The scope's keys with this month's usage per key; filters; a selection for batches."""
+    scope = request_scope(request)
     status = request.GET.get("status", "")
     if status not in ApiToken.Status.values:
         status = ""
-    group_id = _int_or_none(request.GET.get("group"))
+    # Groups are personal: an organization's keys have none.
+    group_id = _int_or_none(request.GET.get("group")) if scope.personal else None
     q = request.GET.get("q", "").strip()
-    tokens = list(api_tokens_search(user=user, status=status, group_id=group_id, q=q))
-    usage = api_token_month_usage_for_user(user=user)
+    tokens = list(api_tokens_search(scope=scope, status=status, group_id=group_id, q=q))
+    usage = api_token_month_usage_for_scope(scope=scope)
     for token in tokens:
         token.month = usage.get(token.pk, MonthUsage())
     context = {
+        **_scope_context(scope),
         "tokens": tokens,
-        "groups": list(token_groups_for_user(user=user)),
+        "groups": list(token_groups_for_user(user=request.user)) if scope.personal else [],
         "statuses": ApiToken.Status.choices,
         "filters": {"status": status, "group": group_id, "q": q},
         "filtered": bool(status or group_id is not None or q),
+        "keys_refusal": _keys_refusal(scope),
     }
     return render(request, "accounts/token_list.html", context)
 
@@ -119,11 +155,19 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def token_create(request: HttpRequest) -> HttpResponse:
-    """New key. The key itself is rendered once, in this POST's answer, and kept nowhere."""
-    form = ApiTokenForm(request.POST or None, user=request.user)
+    """New key: the user's own, or in an organization's scope one spending from its wallet.
+    The key itself is rendered once, in this POST's answer, and kept nowhere."""
+    scope = request_scope(request)
+    refusal = _keys_refusal(scope)
+    if refusal:
+        messages.error(request, refusal)
+        return redirect("tokens")
+    form = ApiTokenForm(request.POST or None, user=request.user, with_group=scope.personal)
     if request.method == "POST" and form.is_valid():
         try:
-            token, key = api_token_create(owner=request.user, **form.service_kwargs())
+            token, key = api_token_create(
+                owner=request.user, organization=scope.organization, **form.service_kwargs()
+            )
         except ApplicationError as exc:
             form.add_service_error(exc)
         else:
@@ -134,22 +178,26 @@ def token_create(request: HttpRequest) -> HttpResponse:
             response = render(
                 request,
                 "accounts/token_created.html",
-                {"token": token, "key": key, "sample_model": sample},
+                {**_scope_context(scope), "token": token, "key": key, "sample_model": sample},
             )
             # The page holds a secret: no cache may keep it, not even the back button's.
             response["Cache-Control"] = "no-store"
             return response
-    return render(request, "accounts/token_form.html", {"form": form, "token": None})
+    context = {**_scope_context(scope), "form": form, "token": None}
+    return render(request, "accounts/token_form.html", context)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def token_edit(request: HttpRequest, token_id: int) -> HttpResponse:
-    token = _get_token_for_user(request.user, token_id)
+    scope = request_scope(request)
+    token = _get_token_in_scope(scope, token_id)
     if token.status == ApiToken.Status.REVOKED:
         messages.error(request, f"Key {token.name} is revoked; a revoked key cannot be edited.")
         return redirect("tokens")
-    form = ApiTokenForm(request.POST or None, user=request.user, token=token)
+    form = ApiTokenForm(
+        request.POST or None, user=request.user, token=token, with_group=scope.personal
+    )
     if request.method == "POST" and form.is_valid():
         try:
             changed = api_token_update(token=token, **form.service_kwargs())
@@ -159,22 +207,25 @@ def token_edit(request: HttpRequest, token_id: int) -> HttpResponse:
             if changed:
                 messages.success(request, f"Key {token.name} is saved.")
             return redirect("tokens")
-    return render(request, "accounts/token_form.html", {"form": form, "token": token})
+    context = {**_scope_context(scope), "form": form, "token": token}
+    return render(request, "accounts/token_form.html", context)
 
 
 @login_required
 @require_POST
 def token_set_status(request: HttpRequest, token_id: int) -> HttpResponse:
     """Enable or disable a key (revoking is final and has its own flow)."""
-    token = _get_token_for_user(request.user, token_id)
+    scope = request_scope(request)
+    token = _get_token_in_scope(scope, token_id, manage=True)
     status = request.POST.get("status", "")
     if status not in (ApiToken.Status.ENABLED, ApiToken.Status.DISABLED):
         return HttpResponseBadRequest("status must be enabled or disabled")
     changed = api_token_set_status(token=token, status=status)
     if request.headers.get("HX-Request"):
         # htmx swaps the key's row in place; the page keeps its scroll and the other rows.
-        token.month = api_token_month_usage_for_user(user=request.user).get(token.pk, MonthUsage())
-        return render(request, "accounts/_token_row.html", {"row": token})
+        token.month = api_token_month_usage_for_scope(scope=scope).get(token.pk, MonthUsage())
+        context = {**_scope_context(scope), "row": token}
+        return render(request, "accounts/_token_row.html", context)
     if changed:
         messages.success(request, f"Key {token.name} is now {token.get_status_display().lower()}.")
     return redirect("tokens")
@@ -184,49 +235,51 @@ def token_set_status(request: HttpRequest, token_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     """Revoke a key for good, after a confirmation page."""
-    token = _get_token_for_user(request.user, token_id)
+    scope = request_scope(request)
+    token = _get_token_in_scope(scope, token_id, manage=True)
     if request.method == "POST":
         if api_token_set_status(token=token, status=ApiToken.Status.REVOKED):
             messages.success(request, f"Key {token.name} is revoked.")
         return redirect("tokens")
-    return render(request, "accounts/token_confirm.html", {"tokens": [token], "action": "revoke"})
+    context = {**_scope_context(scope), "tokens": [token], "action": "revoke"}
+    return render(request, "accounts/token_confirm.html", context)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def token_delete(request: HttpRequest, token_id: int) -> HttpResponse:
     """Delete a key, after a confirmation page; its logs stay, under the key's name."""
-    token = _get_token_for_user(request.user, token_id)
+    scope = request_scope(request)
+    token = _get_token_in_scope(scope, token_id)
     if request.method == "POST":
         api_token_delete(token=token)
         messages.success(request, f"Key {token.name} is deleted.")
         return redirect("tokens")
-    return render(request, "accounts/token_confirm.html", {"tokens": [token], "action": "delete"})
+    context = {**_scope_context(scope), "tokens": [token], "action": "delete"}
+    return render(request, "accounts/token_confirm.html", context)
 
 
 @login_required
 @require_POST
 def token_batch(request: HttpRequest) -> HttpResponse:
     """The selection's actions: revoke (confirmed on a second page) or export as CSV."""
+    scope = request_scope(request)
     ids = _selected_ids(request)
     action = request.POST.get("action", "")
     if action == "export":
-        return _export_response(request.user, ids)
+        return _export_response(scope, ids)
     if action != "revoke":
         return HttpResponseBadRequest("action must be revoke or export")
     if not ids:
         messages.error(request, "Select at least one key first.")
         return redirect("tokens")
     if request.POST.get("confirm") != "yes":
-        tokens = list(api_tokens_for_user(user=request.user).filter(pk__in=ids))
+        tokens = list(api_tokens_for_scope(scope=scope).filter(pk__in=ids))
         if not tokens:
             raise Http404("No such API key.")
-        return render(
-            request,
-            "accounts/token_confirm.html",
-            {"tokens": tokens, "action": "revoke", "batch": True},
-        )
-    result = api_tokens_revoke(owner=request.user, ids=ids)
+        context = {**_scope_context(scope), "tokens": tokens, "action": "revoke", "batch": True}
+        return render(request, "accounts/token_confirm.html", context)
+    result = api_tokens_revoke(owner=request.user, ids=ids, scope=scope)
     count = len(result.changed)
     messages.success(request, f"{count} key{'' if count == 1 else 's'} revoked.")
     return redirect("tokens")
@@ -239,34 +292,54 @@ class _Echo:
         return value
 
 
-def _export_response(user: User, ids: list[int] | None) -> StreamingHttpResponse:
+def _export_response(scope: Scope, ids: list[int] | None) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
-    rows = api_token_export_rows(user=user, ids=ids or None)
+    rows = api_token_export_rows(scope=scope, ids=ids or None)
     response = StreamingHttpResponse(
         (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"
     )
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    response["Content-Disposition"] = f'attachment; filename="tokenbyte-keys-{stamp}.csv"'
+    whose = "keys" if scope.personal else f"{scope.organization.slug}-keys"
+    response["Content-Disposition"] = f'attachment; filename="tokenbyte-{whose}-{stamp}.csv"'
     return response
 
 
 @login_required
 def token_export(request: HttpRequest) -> StreamingHttpResponse:
-    """Every key's metadata (or the `ids` given) as CSV: never a key, never its digest."""
-    return _export_response(request.user, _selected_ids(request))
+    """Every key's metadata of the scope (or the `ids` given) as CSV: never a key, never its
+    digest."""
+    return _export_response(request_scope(request), _selected_ids(request))
 
 
 # --- groups --------------------------------------------------------------------------------------
+# Key groups are personal: an organization's keys answer to its wallet and member allowances
+# instead. In an organization's scope the group pages send the user back to the keys.
+
+
+def _groups_are_personal(request: HttpRequest) -> HttpResponse | None:
+    scope = request_scope(request)
+    if scope.personal:
+        return None
+    messages.info(
+        request,
+        f"Key groups hold personal keys only; {scope.organization}'s keys have none. "
+        "Switch to Personal to manage your groups.",
+    )
+    return redirect("tokens")
 
 
 @login_required
 def token_group_list(request: HttpRequest) -> HttpResponse:
+    if away := _groups_are_personal(request):
+        return away
     user = request.user
     groups = list(token_groups_for_user(user=user))
     usage = token_group_month_usage_for_user(user=user)
     for group in groups:
         group.month = usage.get(group.pk, MonthUsage())
-    tokens = list(api_tokens_for_user(user=user).exclude(status=ApiToken.Status.REVOKED))
+    tokens = list(
+        api_tokens_for_scope(scope=request_scope(request)).exclude(status=ApiToken.Status.REVOKED)
+    )
     return render(
         request,
         "accounts/token_group_list.html",
@@ -277,6 +350,8 @@ def token_group_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def group_create(request: HttpRequest) -> HttpResponse:
+    if away := _groups_are_personal(request):
+        return away
     form = TokenGroupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -292,6 +367,8 @@ def group_create(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def group_edit(request: HttpRequest, group_id: int) -> HttpResponse:
+    if away := _groups_are_personal(request):
+        return away
     group = _get_group_for_user(request.user, group_id)
     form = TokenGroupForm(request.POST or None, group=group)
     if request.method == "POST" and form.is_valid():
@@ -309,6 +386,8 @@ def group_edit(request: HttpRequest, group_id: int) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def group_delete(request: HttpRequest, group_id: int) -> HttpResponse:
+    if away := _groups_are_personal(request):
+        return away
     group = _get_group_for_user(request.user, group_id)
     if request.method == "POST":
         moved = token_group_delete(group=group)
@@ -324,7 +403,9 @@ def group_delete(request: HttpRequest, group_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def group_move(request: HttpRequest) -> HttpResponse:
-    """Move the selected keys into a group, or out of any (group empty)."""
+    """Move the selected personal keys into a group, or out of any (group empty)."""
+    if away := _groups_are_personal(request):
+        return away
     group_id = _int_or_none(request.POST.get("group"))
     group = _get_group_for_user(request.user, group_id) if group_id else None
     ids = _selected_ids(request)

@@ -2,8 +2,14 @@
 
 Money is integer micro-USD (1 USD = 1_000_000), as everywhere in TokenByte; each `_micros`
 amount has its exact USD string beside it (`_usd`, six places).
+
+The wallet and top-up endpoints take `?organization=<id>`: the organization's wallet instead of
+yours. There, owners and admins read and do everything; a member reads the balance and their own
+allowance, the ledger and top-ups answer 404 and the writes 403 (`permission_denied`). An
+organization you are not a member of is a 404.
 """
 
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -14,31 +20,48 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from accounts.scope import Perm, Scope
 from billing import payments
 from billing.models import Alert, LedgerEntry, TopUp, Wallet
 from billing.selectors import (
     RECEIPT_STATUSES,
     alerts_for_user,
+    allowance_for_scope,
     ledger_entries_for_wallet,
     topup_amount_error,
     topup_limits_micros,
     topup_return_urls,
-    topups_for_user,
-    wallet_for_user,
+    topups_for_scope,
+    wallet_for_scope,
 )
 from billing.services import (
     alert_mark_read,
     wallet_get_or_create,
     wallet_low_balance_threshold_set,
 )
-from tokenbyte.api import ErrorSerializer, KeysetPagination, Pagination, UsdField
+from tokenbyte.api import (
+    ErrorSerializer,
+    KeysetPagination,
+    Pagination,
+    UsdField,
+    organization_parameter,
+    request_api_scope,
+)
 from tokenbyte.errors import ApplicationError
 from tokenbyte.money import MICROS_PER_USD, format_usd
 
 
-def _get_topup_for_user(user: User, topup_id: int) -> TopUp:
-    """The user's top-up with this id; another user's is a 404, like a missing one."""
-    return get_object_or_404(topups_for_user(user=user), pk=topup_id)
+def _managed(scope: Scope) -> Scope:
+    """The scope, if its wallet's ledger and top-ups are the caller's to read; else a 404 (an
+    organization's member sees neither)."""
+    if not scope.can(Perm.TOP_UP):
+        raise Http404("No such ledger.")
+    return scope
+
+
+def _get_topup_in_scope(scope: Scope, topup_id: int) -> TopUp:
+    """The scope's top-up with this id; another wallet's is a 404, like a missing one."""
+    return get_object_or_404(topups_for_scope(scope=_managed(scope)), pk=topup_id)
 
 
 def _get_alert_for_user(user: User, alert_id: int) -> Alert:
@@ -46,8 +69,32 @@ def _get_alert_for_user(user: User, alert_id: int) -> Alert:
     return get_object_or_404(alerts_for_user(user=user), pk=alert_id)
 
 
+class AllowanceOutput(serializers.Serializer):
+    monthly_allowance_micros = serializers.IntegerField(
+        source="monthly_micros",
+        allow_null=True,
+        help_text="What your calls may spend from the organization's wallet a month, micro-USD; "
+        "null = no cap.",
+    )
+    allowance_used_micros = serializers.IntegerField(
+        source="used_micros",
+        help_text="Spent this month plus held by your calls in flight, micro-USD.",
+    )
+    allowance_period_start = serializers.DateField(
+        source="period_start",
+        allow_null=True,
+        help_text="The first day of the month counted, in the organization's time zone.",
+    )
+    monthly_allowance_usd = UsdField(source="monthly_micros", allow_null=True)
+    allowance_used_usd = UsdField(source="used_micros")
+
+    class Meta:
+        ref_name = "MemberAllowance"
+
+
 class WalletApi(APIView):
-    """Your wallet: the balance, what calls in flight hold of it, and what a new call may use."""
+    """Your wallet (or `?organization=`'s): the balance, what calls in flight hold of it, and
+    what a new call may use; in an organization, also your own monthly allowance there."""
 
     class OutputSerializer(serializers.Serializer):
         balance_micros = serializers.IntegerField(help_text="Balance, micro-USD.")
@@ -66,9 +113,31 @@ class WalletApi(APIView):
         held_usd = UsdField(source="held_micros")
         available_usd = UsdField(source="available_micros")
         low_balance_threshold_usd = UsdField(source="low_balance_threshold_micros", allow_null=True)
+        organization = serializers.IntegerField(
+            source="organization_id",
+            required=False,
+            help_text="With ?organization=: the organization's id (absent for your own wallet).",
+        )
+        allowance = AllowanceOutput(
+            required=False,
+            help_text="With ?organization=: your monthly allowance there (absent for your own "
+            "wallet).",
+        )
 
         class Meta:
             ref_name = "Wallet"
+
+        def to_representation(self, wallet: Wallet) -> dict:
+            scope = self.context.get("scope")
+            data = {
+                name: value
+                for name, value in super().to_representation(wallet).items()
+                if name not in ("organization", "allowance")
+            }
+            if scope is not None and not scope.personal:
+                data["organization"] = scope.organization_id
+                data["allowance"] = AllowanceOutput(allowance_for_scope(scope=scope)).data
+            return data
 
     class InputSerializer(serializers.Serializer):
         low_balance_threshold_micros = serializers.IntegerField(
@@ -81,25 +150,50 @@ class WalletApi(APIView):
         class Meta:
             ref_name = "WalletUpdate"
 
-    @extend_schema(responses={200: OutputSerializer}, operation_id="wallet_retrieve")
+    @extend_schema(
+        parameters=[organization_parameter("wallet")],
+        responses={200: OutputSerializer, 404: ErrorSerializer},
+        operation_id="wallet_retrieve",
+    )
     def get(self, request: Request) -> Response:
+        scope = request_api_scope(request)
         # No credit yet: the first credit creates the wallet; until then it is an empty one.
-        wallet = wallet_for_user(user=request.user) or Wallet(user=request.user)
-        return Response(self.OutputSerializer(wallet).data)
+        wallet = wallet_for_scope(scope=scope) or _empty_wallet(scope)
+        return Response(self.OutputSerializer(wallet, context={"scope": scope}).data)
 
     @extend_schema(
+        parameters=[organization_parameter("wallet")],
         request=InputSerializer,
-        responses={200: OutputSerializer, 400: ErrorSerializer},
+        responses={
+            200: OutputSerializer,
+            400: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+        },
         operation_id="wallet_update",
     )
     def patch(self, request: Request) -> Response:
+        scope = request_api_scope(request)
+        scope.require(Perm.TOP_UP)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        wallet = wallet_for_user(user=request.user) or wallet_get_or_create(user=request.user)
+        wallet = wallet_for_scope(scope=scope) or _wallet_create(scope)
         wallet = wallet_low_balance_threshold_set(
             wallet=wallet, threshold_micros=data.validated_data["low_balance_threshold_micros"]
         )
-        return Response(self.OutputSerializer(wallet).data)
+        return Response(self.OutputSerializer(wallet, context={"scope": scope}).data)
+
+
+def _empty_wallet(scope: Scope) -> Wallet:
+    if scope.personal:
+        return Wallet(user=scope.user)
+    return Wallet(organization=scope.organization)
+
+
+def _wallet_create(scope: Scope) -> Wallet:
+    if scope.personal:
+        return wallet_get_or_create(user=scope.user)
+    return wallet_get_or_create(organization=scope.organization)
 
 
 class LedgerListApi(APIView):
@@ -134,11 +228,12 @@ class LedgerListApi(APIView):
             ]
 
     @extend_schema(
-        responses={200: OutputSerializer(many=True), 400: ErrorSerializer},
+        parameters=[organization_parameter("wallet")],
+        responses={200: OutputSerializer(many=True), 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="wallet_ledger_list",
     )
     def get(self, request: Request) -> Response:
-        wallet = wallet_for_user(user=request.user)
+        wallet = wallet_for_scope(scope=_managed(request_api_scope(request)))
         entries = (
             ledger_entries_for_wallet(wallet=wallet)
             if wallet is not None
@@ -217,6 +312,8 @@ def _payments_error(exc: ApplicationError) -> ApplicationError:
     """Stripe out of reach is the server's trouble, not the request's: a 503."""
     if exc.code == "payments_unavailable":
         return ApplicationError(exc.message, code=exc.code, extra={**exc.extra, "status": 503})
+    if exc.code == "permission_denied":
+        return ApplicationError(exc.message, code=exc.code, extra={**exc.extra, "status": 403})
     if exc.code == "invalid_amount" and not exc.extra.get("param"):
         return ApplicationError(
             exc.message, code=exc.code, extra={**exc.extra, "param": "amount_micros"}
@@ -227,7 +324,9 @@ def _payments_error(exc: ApplicationError) -> ApplicationError:
 class TopUpListApi(APIView):
     """Your card top-ups, newest first, with their status and receipt; or start one: a Stripe
     Checkout Session of `amount_micros` (or `amount_usd`), in whole cents within the limits.
-    Send the payer to `checkout_url`; the balance is credited when Stripe confirms the payment."""
+    Send the payer to `checkout_url`; the balance is credited when Stripe confirms the payment.
+    With `?organization=`, the organization's wallet (owners and admins): every member's top-ups
+    of it, and a new one credits it, paid by you."""
 
     pagination_class = Pagination
     OutputSerializer = TopUpOutput
@@ -261,19 +360,33 @@ class TopUpListApi(APIView):
                 )
             return attrs
 
-    @extend_schema(responses={200: TopUpOutput(many=True)}, operation_id="topups_list")
+    @extend_schema(
+        parameters=[organization_parameter("wallet")],
+        responses={200: TopUpOutput(many=True), 404: ErrorSerializer},
+        operation_id="topups_list",
+    )
     def get(self, request: Request) -> Response:
+        topups = topups_for_scope(scope=_managed(request_api_scope(request)))
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(topups_for_user(user=request.user), request, view=self)
+        page = paginator.paginate_queryset(topups, request, view=self)
         output = TopUpOutput(page, many=True, context={"request": request})
         return paginator.get_paginated_response(output.data)
 
     @extend_schema(
+        parameters=[organization_parameter("wallet")],
         request=InputSerializer,
-        responses={201: TopUpOutput, 400: ErrorSerializer, 503: ErrorSerializer},
+        responses={
+            201: TopUpOutput,
+            400: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+            503: ErrorSerializer,
+        },
         operation_id="topups_create",
     )
     def post(self, request: Request) -> Response:
+        scope = request_api_scope(request)
+        scope.require(Perm.TOP_UP)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         base_url = request.build_absolute_uri("/").rstrip("/")
@@ -284,6 +397,7 @@ class TopUpListApi(APIView):
                 amount_micros=data.validated_data["amount_micros"],
                 success_url=success_url,
                 cancel_url=cancel_url,
+                scope=scope,
             )
         except ApplicationError as exc:
             raise _payments_error(exc) from exc
@@ -292,14 +406,16 @@ class TopUpListApi(APIView):
 
 
 class TopUpDetailApi(APIView):
-    """One of your card top-ups: its status (and why it failed or expired), refunds and
-    receipt links."""
+    """One of your card top-ups (or, with `?organization=`, of the organization's wallet): its
+    status (and why it failed or expired), refunds and receipt links."""
 
     @extend_schema(
-        responses={200: TopUpOutput, 404: ErrorSerializer}, operation_id="topups_retrieve"
+        parameters=[organization_parameter("wallet")],
+        responses={200: TopUpOutput, 404: ErrorSerializer},
+        operation_id="topups_retrieve",
     )
     def get(self, request: Request, topup_id: int) -> Response:
-        topup = _get_topup_for_user(request.user, topup_id)
+        topup = _get_topup_in_scope(request_api_scope(request), topup_id)
         return Response(TopUpOutput(topup, context={"request": request}).data)
 
 

@@ -26,6 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.scope import Perm, Scope
 from billing.locks import wallets_lock
 from billing.models import LedgerEntry, StripeEvent, TopUp, TopUpRefund, Wallet
 from billing.selectors import topup_limits_micros
@@ -76,9 +77,19 @@ def topup_amount_validate(*, amount_micros: int) -> None:
 
 
 def topup_checkout_start(
-    *, user: User, amount_micros: int, success_url: str, cancel_url: str
+    *,
+    user: User,
+    amount_micros: int,
+    success_url: str,
+    cancel_url: str,
+    scope: Scope | None = None,
 ) -> TopUp:
     """A pending TopUp and its Stripe Checkout Session; send the payer to `topup.checkout_url`.
+
+    The wallet is the scope's: the user's own (no scope, or personal), or an organization's,
+    which only its owners and admins top up (Perm.TOP_UP; others get "permission_denied"). The
+    user is the payer either way: Stripe's receipt email and ours go to them, and the webhook
+    credits the TopUp's wallet.
 
     The TopUp is written first, so the session carries its id (client_reference_id and
     metadata, and `topup=<id>` added to cancel_url, where Stripe fills in no session id) and the
@@ -86,10 +97,22 @@ def topup_checkout_start(
     Payment methods are not listed: Checkout offers what the Stripe account has switched on
     (cards, Google Pay, Apple Pay, Link).
     """
+    organization = None
+    if scope is not None and not scope.personal:
+        if scope.user.pk != user.pk:
+            raise ValueError("the payer is the scope's user")
+        scope.require(Perm.TOP_UP)
+        organization = scope.organization
     topup_amount_validate(amount_micros=amount_micros)
-    wallet = wallet_get_or_create(user=user)
+    if organization is None:
+        wallet = wallet_get_or_create(user=user)
+    else:
+        wallet = wallet_get_or_create(organization=organization)
     topup = TopUp.objects.create(wallet=wallet, user=user, amount_micros=amount_micros)
     metadata = {"topup_id": str(topup.pk), "user_id": str(user.pk)}
+    if organization is not None:
+        metadata["organization_id"] = str(organization.pk)
+    product = PRODUCT_NAME if organization is None else f"{PRODUCT_NAME} for {organization.name}"
     params = {
         "mode": "payment",
         "line_items": [
@@ -98,7 +121,7 @@ def topup_checkout_start(
                 "price_data": {
                     "currency": CURRENCY,
                     "unit_amount": _cents(amount_micros),
-                    "product_data": {"name": PRODUCT_NAME},
+                    "product_data": {"name": product},
                 },
             }
         ],

@@ -61,6 +61,9 @@ class Receipt:
     # Absolute URLs of the printable page and the PDF.
     url: str
     pdf_url: str
+    # The organization whose wallet the top-up credited (billed to it, paid by the payer above);
+    # empty for a top-up of the payer's own wallet.
+    organization_name: str = ""
 
     @property
     def net_micros(self) -> int:
@@ -86,7 +89,8 @@ def receipt_urls(*, topup_id: int) -> tuple[str, str]:
 
 def topup_receipt(*, topup: TopUp) -> Receipt:
     """What the receipt of a paid (or since refunded) top-up says. Reads the top-up's refunds
-    (one query) and its user (loaded unless select_related brought it)."""
+    (one query), its user and its wallet's organization (loaded unless select_related brought
+    them)."""
     if topup.status not in RECEIPT_STATUSES or not topup.receipt_number or topup.paid_at is None:
         raise ValueError(f"top-up {topup.pk} has no receipt (status {topup.status})")
     user = topup.user
@@ -121,6 +125,7 @@ def topup_receipt(*, topup: TopUp) -> Receipt:
         balance_rule=BALANCE_RULE,
         url=url,
         pdf_url=pdf_url,
+        organization_name=topup.wallet.organization.name if topup.wallet.organization_id else "",
     )
 
 
@@ -196,7 +201,11 @@ def receipt_pdf(*, topup: TopUp, receipt: Receipt | None = None) -> bytes:
     billed_to = receipt.billed_to_email
     if receipt.billed_to_name:
         billed_to = f"{receipt.billed_to_name} <{receipt.billed_to_email}>"
-    sheet.field("Billed to", billed_to)
+    if receipt.organization_name:
+        sheet.field("Billed to", receipt.organization_name)
+        sheet.field("Paid by", billed_to)
+    else:
+        sheet.field("Billed to", billed_to)
     sheet.field("Payment reference", receipt.payment_reference or "–")
     sheet.field("Status", receipt.status_label)
     sheet.down(14)
@@ -251,7 +260,7 @@ def topup_receipt_email_send(*, topup_id: int) -> bool:
     mark is set after sending, so that a failed send is never recorded as sent.)
     """
     topup = (
-        TopUp.objects.select_related("user")
+        TopUp.objects.select_related("user", "wallet__organization")
         .filter(pk=topup_id, status__in=RECEIPT_STATUSES, receipt_number__isnull=False)
         .first()
     )

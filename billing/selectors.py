@@ -1,14 +1,15 @@
 import csv
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
-from django.db.models import QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.urls import reverse
 
-from accounts.models import User
+from accounts.models import Membership, Organization, User
+from accounts.scope import PERMISSIONS, Perm, Scope
 from billing.models import Alert, LedgerEntry, TopUp, Wallet
 from tokenbyte.errors import ApplicationError
 from tokenbyte.filters import filter_error, filter_time, user_zone
@@ -47,8 +48,99 @@ def ledger_entries_for_wallet(*, wallet: Wallet) -> QuerySet[LedgerEntry]:
 
 
 def topups_for_user(*, user: User) -> QuerySet[TopUp]:
-    """The user's card top-ups, newest first."""
-    return TopUp.objects.filter(user=user).order_by("-created_at", "-id")
+    """The card top-ups of the user's own wallet, newest first (not those the user paid into an
+    organization's wallet: they are the organization's)."""
+    return TopUp.objects.filter(wallet__user=user).order_by("-created_at", "-id")
+
+
+# --- the scope's wallet (personal, or an organization's) ------------------------------------------
+
+
+def wallet_for_scope(*, scope: Scope) -> Wallet | None:
+    """The wallet a scope spends from: the user's own (None before the first credit created it)
+    or the organization's (made with the organization)."""
+    if scope.personal:
+        return wallet_for_user(user=scope.user)
+    return Wallet.objects.filter(organization_id=scope.organization_id).first()
+
+
+def wallet_balance_micros_for_scope(*, scope: Scope) -> int:
+    """The balance of the scope's wallet in micro-USD, 0 without a wallet (one query): what the
+    console's header shows."""
+    if scope.personal:
+        return wallet_balance_micros_for_user(user=scope.user)
+    balance = (
+        Wallet.objects.filter(organization_id=scope.organization_id)
+        .values_list("balance_micros", flat=True)
+        .first()
+    )
+    return balance or 0
+
+
+def topups_for_scope(*, scope: Scope) -> QuerySet[TopUp]:
+    """The card top-ups of the scope's wallet, newest first, with their payer: the user's own,
+    or every top-up of the organization's wallet, whoever paid, for the roles that may top it up
+    (Perm.TOP_UP); none for the others."""
+    if scope.personal:
+        topups = topups_for_user(user=scope.user)
+    elif scope.can(Perm.TOP_UP):
+        topups = TopUp.objects.filter(wallet__organization_id=scope.organization_id)
+    else:
+        topups = TopUp.objects.none()
+    return topups.select_related("user").order_by("-created_at", "-id")
+
+
+def topups_visible_to_user(*, user: User) -> QuerySet[TopUp]:
+    """Every top-up the user may open, whatever the console's scope: those of their own wallet,
+    and those of the wallets of organizations where their role may top up (a receipt emailed to
+    a payer opens wherever they are). One query."""
+    managed = Membership.objects.filter(user=user, role__in=PERMISSIONS[Perm.TOP_UP]).values(
+        "organization_id"
+    )
+    return (
+        TopUp.objects.filter(Q(wallet__user=user) | Q(wallet__organization_id__in=managed))
+        .select_related("user", "wallet__organization")
+        .order_by("-created_at", "-id")
+    )
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """A member's monthly allowance from an organization's wallet, for the wallet page."""
+
+    # micro-USD; None = no cap
+    monthly_micros: int | None
+    # micro-USD spent plus held by calls in flight, this period
+    used_micros: int
+    period_start: date | None
+
+    @property
+    def left_micros(self) -> int | None:
+        if self.monthly_micros is None:
+            return None
+        return max(0, self.monthly_micros - self.used_micros)
+
+    @property
+    def percent(self) -> int | None:
+        """Share of the allowance used, 0 to 100 (for the meter); None without a cap."""
+        if self.monthly_micros is None:
+            return None
+        if self.monthly_micros == 0:
+            return 100
+        return min(100, self.used_micros * 100 // self.monthly_micros)
+
+
+def allowance_for_scope(*, scope: Scope) -> Allowance | None:
+    """The user's allowance in the scope's organization (None in personal scope), as their
+    membership counts it."""
+    membership = scope.membership
+    if membership is None:
+        return None
+    return Allowance(
+        monthly_micros=membership.monthly_allowance_micros,
+        used_micros=membership.allowance_used_micros,
+        period_start=membership.allowance_period_start,
+    )
 
 
 # --- card top-ups --------------------------------------------------------------------------------
@@ -244,5 +336,8 @@ def ledger_csv(*, user: User, wallet: Wallet | None, filters: LedgerFilters) -> 
         )
 
 
-def ledger_csv_filename(*, user: User, now: datetime) -> str:
-    return f"tokenbyte-ledger-{now.astimezone(user_zone(user)):%Y%m%d-%H%M%S}.csv"
+def ledger_csv_filename(
+    *, user: User, now: datetime, organization: Organization | None = None
+) -> str:
+    whose = f"{organization.slug}-" if organization is not None else ""
+    return f"tokenbyte-{whose}ledger-{now.astimezone(user_zone(user)):%Y%m%d-%H%M%S}.csv"

@@ -1,4 +1,9 @@
-"""The wallet pages: balance, card top-ups (Stripe Checkout), the ledger, receipts."""
+"""The wallet pages: balance, card top-ups (Stripe Checkout), the ledger, receipts.
+
+They follow the console's scope: the user's own wallet, or the organization's. There, owners and
+admins (Perm.TOP_UP) see and do everything; a member sees the balance and their own monthly
+allowance, and the ledger, top-ups and receipts are a 404 for them.
+"""
 
 from urllib.parse import urlencode
 
@@ -18,6 +23,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
+from accounts.scope import Perm, Scope, request_scope
 from billing import payments
 from billing.forms import ThresholdForm, TopUpForm
 from billing.models import LedgerEntry, TopUp
@@ -28,6 +34,7 @@ from billing.selectors import (
     RECEIPT_STATUSES,
     LedgerFilters,
     LedgerPage,
+    allowance_for_scope,
     ledger_csv,
     ledger_csv_filename,
     ledger_entries_filtered,
@@ -36,8 +43,9 @@ from billing.selectors import (
     topup_limits_micros,
     topup_presets_micros,
     topup_return_urls,
-    topups_for_user,
-    wallet_for_user,
+    topups_for_scope,
+    topups_visible_to_user,
+    wallet_for_scope,
 )
 from billing.services import wallet_get_or_create, wallet_low_balance_threshold_set
 from tokenbyte.errors import ApplicationError
@@ -59,15 +67,17 @@ CONFIRMING_REFRESH_SECONDS = 2
 def _get_topup_for_user(
     user: User, *, topup_id: int | None = None, session_id: str | None = None
 ) -> TopUp:
-    """The user's top-up with this id or Checkout Session id; another user's top-up is a 404,
-    like a missing one."""
+    """The top-up with this id or Checkout Session id among those the user may open: their own
+    wallet's, and those of the organizations where they may top up (owners, admins), whatever
+    the console's scope, so that a receipt or Stripe's return finds its page. Any other top-up
+    is a 404, like a missing one."""
     lookup = (
         {"pk": topup_id} if topup_id is not None else {"stripe_checkout_session_id": session_id}
     )
     if not any(lookup.values()):
         raise Http404("No such top-up.")
     try:
-        return topups_for_user(user=user).select_related("user").get(**lookup)
+        return topups_visible_to_user(user=user).get(**lookup)
     except TopUp.DoesNotExist:
         raise Http404("No such top-up.") from None
 
@@ -78,6 +88,18 @@ def _get_receipt_topup_for_user(user: User, topup_id: int) -> TopUp:
     if topup.status not in RECEIPT_STATUSES or not topup.receipt_number:
         raise Http404("This top-up has no receipt.")
     return topup
+
+
+def _refused(request: HttpRequest, scope: Scope) -> HttpResponse | None:
+    """The 403 page for a member who may not top up the organization's wallet or set its alert
+    (Perm.TOP_UP); None when the user may."""
+    if scope.can(Perm.TOP_UP):
+        return None
+    message = (
+        f"Your role ({scope.role}) in {scope.organization} does not allow this: its owners and "
+        "admins top up its wallet and set its alert."
+    )
+    return render(request, "accounts/organization_denied.html", {"message": message}, status=403)
 
 
 def _ledger_query(request: HttpRequest, **changes: str) -> str:
@@ -94,13 +116,16 @@ def _wallet_page(
     threshold_form: ThresholdForm | None = None,
 ) -> HttpResponse:
     user = request.user
-    wallet = wallet_for_user(user=user)
+    scope = request_scope(request)
+    wallet = wallet_for_scope(scope=scope)
+    # The ledger, top-ups and alert are the wallet's managers' (a member sees the balance).
+    manages = scope.can(Perm.TOP_UP)
     ledger_error = None
     filters = LedgerFilters()
     page = LedgerPage(rows=[], next_cursor=None)
     try:
         filters = ledger_filters_parse(user=user, params=request.GET)
-        if wallet is not None:
+        if wallet is not None and manages:
             entries = ledger_entries_filtered(wallet=wallet, filters=filters)
             page = ledger_page(entries, cursor=request.GET.get("cursor", ""))
     except ApplicationError as exc:
@@ -108,9 +133,13 @@ def _wallet_page(
     low, high = topup_limits_micros()
     threshold = wallet.low_balance_threshold_micros if wallet else None
     context = {
+        "scope": scope,
+        "organization": scope.organization,
+        "manages": manages,
+        "allowance": allowance_for_scope(scope=scope),
         "wallet": wallet,
         "entries": page.rows,
-        "topups": list(topups_for_user(user=user)[:TOPUP_LIST_SIZE]),
+        "topups": list(topups_for_scope(scope=scope)[:TOPUP_LIST_SIZE]) if manages else [],
         "topup_list_size": TOPUP_LIST_SIZE,
         "page_size": LEDGER_PAGE_SIZE,
         "presets": [
@@ -142,6 +171,9 @@ def wallet(request: HttpRequest) -> HttpResponse:
 @require_POST
 def topup_create(request: HttpRequest) -> HttpResponse:
     """Start a card top-up: a Stripe Checkout Session, and the payer is sent to it (303)."""
+    scope = request_scope(request)
+    if refused := _refused(request, scope):
+        return refused
     form = TopUpForm(request.POST)
     if form.is_valid():
         base_url = request.build_absolute_uri("/").rstrip("/")
@@ -152,6 +184,7 @@ def topup_create(request: HttpRequest) -> HttpResponse:
                 amount_micros=form.cleaned_data["amount_usd"],
                 success_url=success_url,
                 cancel_url=cancel_url,
+                scope=scope,
             )
         except ApplicationError as exc:
             form.add_service_error(exc)
@@ -164,18 +197,24 @@ def topup_create(request: HttpRequest) -> HttpResponse:
 @require_POST
 def threshold_set(request: HttpRequest) -> HttpResponse:
     """The low-balance alert threshold (empty turns the alert off)."""
-    wallet = wallet_for_user(user=request.user)
+    scope = request_scope(request)
+    if refused := _refused(request, scope):
+        return refused
+    wallet = wallet_for_scope(scope=scope)
     form = ThresholdForm(request.POST)
     if not form.is_valid():
         return _wallet_page(request, threshold_form=form)
     threshold = form.threshold_micros()
-    wallet = wallet or wallet_get_or_create(user=request.user)
+    if wallet is None:
+        # Only a personal wallet waits for its first credit; an organization's exists.
+        wallet = wallet_get_or_create(user=request.user)
     wallet_low_balance_threshold_set(wallet=wallet, threshold_micros=threshold)
+    whose = "your balance" if scope.personal else f"the balance of {scope.organization}"
     if threshold is None:
         messages.success(request, "The low-balance alert is off.")
     else:
         messages.success(
-            request, f"You will be alerted when your balance drops below {format_usd(threshold)}."
+            request, f"You will be alerted when {whose} drops below {format_usd(threshold)}."
         )
     return HttpResponseRedirect(reverse("wallet") + "#alert-threshold", status=303)
 
@@ -183,14 +222,20 @@ def threshold_set(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def ledger_export_csv(request: HttpRequest) -> HttpResponse:
-    """The filtered ledger as a CSV download."""
+    """The filtered ledger of the scope's wallet as a CSV download (a 404 for a member of the
+    organization: its ledger is its owners' and admins')."""
+    scope = request_scope(request)
+    if not scope.can(Perm.TOP_UP):
+        raise Http404("No such ledger.")
     try:
         filters = ledger_filters_parse(user=request.user, params=request.GET)
     except ApplicationError as exc:
         return HttpResponseBadRequest(exc.message, content_type="text/plain; charset=utf-8")
-    body = ledger_csv(user=request.user, wallet=wallet_for_user(user=request.user), filters=filters)
+    body = ledger_csv(user=request.user, wallet=wallet_for_scope(scope=scope), filters=filters)
     response = StreamingHttpResponse(body, content_type="text/csv; charset=utf-8")
-    filename = ledger_csv_filename(user=request.user, now=timezone.now())
+    filename = ledger_csv_filename(
+        user=request.user, now=timezone.now(), organization=scope.organization
+    )
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Cache-Control"] = "no-store"
     return response
@@ -212,7 +257,8 @@ def topup_success(request: HttpRequest) -> HttpResponse:
         topup.refresh_from_db()
     context = {
         "topup": topup,
-        "wallet": wallet_for_user(user=request.user),
+        "wallet": topup.wallet,
+        "organization": topup.wallet.organization,
         "state": state,
         "state_text": CHECKOUT_STATES.get(state, ""),
         "state_error": state_error,
@@ -246,6 +292,7 @@ def topup_cancel(request: HttpRequest) -> HttpResponse:
             cancel_error = exc.message
     context = {
         "topup": topup,
+        "organization": topup.wallet.organization,
         "cancel_error": cancel_error,
         "has_receipt": topup.status in RECEIPT_STATUSES and bool(topup.receipt_number),
     }

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema_field
-from rest_framework import exceptions, serializers, status
+from rest_framework import exceptions, serializers
 from rest_framework.pagination import BasePagination, LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -65,7 +65,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
         param = exc.extra.get("param")
         fields = {param: [exc.message]} if param else {}
-        status_code = exc.extra.get("status", status.HTTP_400_BAD_REQUEST)
+        status_code = exc.status
         body = _error_body(
             status_code=status_code, code=exc.code, message=exc.message, fields=fields
         )

@@ -3,7 +3,8 @@ from functools import cached_property
 from django.http import HttpRequest
 from django.urls import reverse
 
-from billing.selectors import wallet_balance_micros_for_user
+from accounts.scope import Scope, request_scope
+from accounts.selectors import ScopeChoice, scope_choices_for_user
 from tokenbyte.money import format_usd
 
 # The top navigation of product document 000, in its order: (label, URL name or path).
@@ -16,6 +17,7 @@ NAV = [
     ("Usage", "usage"),
     ("Tasks", "tasks"),
     ("Wallet", "wallet"),
+    ("Organization", "organization"),
     ("Profile", "/profile/"),
 ]
 
@@ -42,8 +44,21 @@ class ConsoleHeader:
         return items
 
     @cached_property
+    def scope(self) -> Scope:
+        return request_scope(self.request)
+
+    @cached_property
+    def scopes(self) -> list[ScopeChoice]:
+        """The switcher's choices (templates/partials/scope_switcher.html), each with its
+        wallet's balance: one query for both."""
+        return scope_choices_for_user(user=self.request.user)
+
+    @cached_property
     def balance(self) -> str:
-        return format_usd(wallet_balance_micros_for_user(user=self.request.user))
+        # The scope's wallet: in an organization's scope, the organization's.
+        org_id = self.scope.organization_id
+        choice = next((c for c in self.scopes if c.organization_id == org_id), None)
+        return format_usd(choice.balance_micros if choice is not None else 0)
 
 
 def console(request: HttpRequest) -> dict:

@@ -297,6 +297,9 @@ SPECTACULAR_SETTINGS = {
         "TaskStatusEnum": "tasks.models.AsyncTask.Status",
         "ApiTokenStatusEnum": "accounts.models.ApiToken.Status",
         "QuotaResetEnum": "accounts.models.QuotaReset",
+        "MembershipRoleEnum": "accounts.models.Membership.Role",
+        "InvitationStateEnum": "accounts.org_api.INVITATION_STATES",
+        "InvitationKindEnum": "accounts.org_api.INVITATION_KINDS",
     },
 }
 

@@ -28,6 +28,7 @@ urlpatterns = [
     path("", home, name="home"),
     path("", include("usage.urls")),
     path("", include("accounts.urls")),
+    path("organization/", include("accounts.org_urls")),
     path("", include("catalog.urls")),
     path("", include("tasks.urls")),
     path("", include("billing.urls")),

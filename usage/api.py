@@ -21,9 +21,8 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from accounts.models import User
-from accounts.scope import Scope, scope_for
 from billing.models import Alert
-from tokenbyte.api import ErrorSerializer
+from tokenbyte.api import ErrorSerializer, organization_parameter, request_api_scope
 from usage.models import RequestLog
 from usage.selectors import (
     BREAKDOWNS,
@@ -50,19 +49,6 @@ from usage.views import _get_log_in_scope, log_csv_response, usage_csv_response
 
 LOG_API_DEFAULT_LIMIT = 100
 LOG_API_MAX_LIMIT = 1000
-
-ORGANIZATION_PARAMETER = OpenApiParameter(
-    "organization",
-    OpenApiTypes.INT,
-    description="The id of one of your organizations: its calls instead of your personal "
-    "ones (every member's for owners and admins, your own there for a member). Without it, "
-    "your personal account only. An organization you are not a member of is a 404.",
-)
-
-
-def _scope(request: Request) -> Scope:
-    return scope_for(user=request.user, organization_id=request.query_params.get("organization"))
-
 
 FILTER_PARAMETERS = [
     OpenApiParameter(
@@ -204,12 +190,12 @@ class LogListApi(APIView):
     shift a page)."""
 
     @extend_schema(
-        parameters=[ORGANIZATION_PARAMETER, *FILTER_PARAMETERS, *PAGE_PARAMETERS],
+        parameters=[organization_parameter("calls"), *FILTER_PARAMETERS, *PAGE_PARAMETERS],
         responses={200: LogPageOutput, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="logs_list",
     )
     def get(self, request: Request) -> Response:
-        scope = _scope(request)
+        scope = request_api_scope(request)
         filters = log_filters_parse(user=request.user, params=request.query_params)
         logs = request_logs_filtered(scope=scope, filters=filters)
         if shows_member(scope):
@@ -236,12 +222,12 @@ class LogDetailApi(APIView):
     member's for a member, a personal one with `organization`) is a 404, like a missing one."""
 
     @extend_schema(
-        parameters=[ORGANIZATION_PARAMETER],
+        parameters=[organization_parameter("calls")],
         responses={200: LogDetailOutput, 404: ErrorSerializer},
         operation_id="logs_retrieve",
     )
     def get(self, request: Request, request_id: str) -> Response:
-        log = _get_log_in_scope(_scope(request), request_id)
+        log = _get_log_in_scope(request_api_scope(request), request_id)
         context = {"zone": user_zone(request.user)}
         return Response(LogDetailOutput(log, context=context).data)
 
@@ -261,7 +247,7 @@ class LogExportApi(APIView):
         return super().perform_content_negotiation(request, force=True)
 
     @extend_schema(
-        parameters=[ORGANIZATION_PARAMETER, *FILTER_PARAMETERS],
+        parameters=[organization_parameter("calls"), *FILTER_PARAMETERS],
         responses={
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The CSV file."),
             (400, "application/json"): ErrorSerializer,
@@ -270,7 +256,7 @@ class LogExportApi(APIView):
         operation_id="logs_export_csv",
     )
     def get(self, request: Request) -> HttpResponse:
-        scope = _scope(request)
+        scope = request_api_scope(request)
         filters = log_filters_parse(user=request.user, params=request.query_params)
         return log_csv_response(request._request, scope=scope, filters=filters)
 
@@ -347,12 +333,12 @@ class UsageSummaryApi(APIView):
         totals = UsageTotalsOutput()
 
     @extend_schema(
-        parameters=[UsageRangeInput, ORGANIZATION_PARAMETER],
+        parameters=[UsageRangeInput, organization_parameter("calls")],
         responses={200: UsageSummaryOutput, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="usage_summary",
     )
     def get(self, request: Request) -> Response:
-        scope = _scope(request)
+        scope = request_api_scope(request)
         _, days = _usage_range(request, UsageRangeInput)
         totals = usage_rollup_totals_in_scope(scope=scope, start=days.start, end=days.end)
         body = {"range": _range_out(request.user, days), "totals": totals}
@@ -398,12 +384,12 @@ class UsageSeriesApi(APIView):
         series = UsageSeriesOutput()
 
     @extend_schema(
-        parameters=[UsageSeriesInput, ORGANIZATION_PARAMETER],
+        parameters=[UsageSeriesInput, organization_parameter("calls")],
         responses={200: UsageSeriesResponseOutput, 400: ErrorSerializer, 404: ErrorSerializer},
         operation_id="usage_series",
     )
     def get(self, request: Request) -> Response:
-        scope = _scope(request)
+        scope = request_api_scope(request)
         data, days = _usage_range(request, self.UsageSeriesInput)
         series = usage_series_in_scope(
             scope=scope,
@@ -446,7 +432,7 @@ class UsageBreakdownApi(APIView):
         results = UsageBreakdownRowOutput(many=True)
 
     @extend_schema(
-        parameters=[UsageBreakdownInput, ORGANIZATION_PARAMETER],
+        parameters=[UsageBreakdownInput, organization_parameter("calls")],
         responses={
             200: UsageBreakdownOutput,
             400: ErrorSerializer,
@@ -456,7 +442,7 @@ class UsageBreakdownApi(APIView):
         operation_id="usage_breakdown",
     )
     def get(self, request: Request) -> Response:
-        scope = _scope(request)
+        scope = request_api_scope(request)
         data, days = _usage_range(request, UsageBreakdownInput)
         rows = usage_breakdown_in_scope(scope=scope, start=days.start, end=days.end, by=data["by"])
         body = {"range": _range_out(request.user, days), "by": data["by"], "results": rows}
@@ -477,7 +463,7 @@ class UsageExportApi(APIView):
         return super().perform_content_negotiation(request, force=True)
 
     @extend_schema(
-        parameters=[UsageBreakdownInput, ORGANIZATION_PARAMETER],
+        parameters=[UsageBreakdownInput, organization_parameter("calls")],
         responses={
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The CSV file."),
             (400, "application/json"): ErrorSerializer,
@@ -487,7 +473,7 @@ class UsageExportApi(APIView):
         operation_id="usage_export_csv",
     )
     def get(self, request: Request) -> HttpResponse:
-        scope = _scope(request)
+        scope = request_api_scope(request)
         data, days = _usage_range(request, UsageBreakdownInput)
         rows = usage_breakdown_in_scope(scope=scope, start=days.start, end=days.end, by=data["by"])
         return usage_csv_response(days=days, by=data["by"], rows=rows)
@@ -536,12 +522,12 @@ class DashboardApi(APIView):
         )
 
     @extend_schema(
-        parameters=[ORGANIZATION_PARAMETER],
+        parameters=[organization_parameter("calls")],
         responses={200: DashboardOutput, 404: ErrorSerializer},
         operation_id="dashboard_retrieve",
     )
     def get(self, request: Request) -> Response:
-        board = usage_dashboard_in_scope(scope=_scope(request))
+        board = usage_dashboard_in_scope(scope=request_api_scope(request))
         body = {
             "month_start": board.month_start,
             "month": board.month,

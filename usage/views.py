@@ -10,7 +10,6 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
-    HttpResponseForbidden,
     StreamingHttpResponse,
 )
 from django.shortcuts import render
@@ -389,8 +388,7 @@ def usage_export_csv(request: HttpRequest) -> HttpResponse:
             scope=request_scope(request), start=query.days.start, end=query.days.end, by=by
         )
     except ApplicationError as exc:
-        answer = (
-            HttpResponseForbidden if exc.code == "permission_denied" else HttpResponseBadRequest
+        return HttpResponse(
+            exc.message, status=exc.status, content_type="text/plain; charset=utf-8"
         )
-        return answer(exc.message, content_type="text/plain; charset=utf-8")
     return usage_csv_response(days=query.days, by=by, rows=rows)

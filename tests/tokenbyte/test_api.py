@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from accounts.models import PersonalAccessToken
-from accounts.services import access_token_create, access_token_revoke
+from accounts.services import access_token_create, access_token_revoke, organization_create
 from tests.factories import (
     AlertFactory,
     ApiTokenFactory,
@@ -279,12 +279,16 @@ OWNED_KINDS = {
     "groups": lambda owner: TokenGroupFactory(owner=owner),
     "keys": lambda owner: ApiTokenFactory(owner=owner),
     "logs": lambda owner: RequestLogFactory(user=owner),
+    # Its members, invitations and settings paths take the organization's id first.
+    "organizations": lambda owner: organization_create(user=owner, name="Owned"),
     "tasks": lambda owner: AsyncTaskFactory(user=owner),
     "topups": lambda owner: TopUpFactory(wallet=WalletFactory(user=owner)),
 }
 PATH_ID = {"logs": "request_id", "tasks": "public_id"}
-# Detail paths of objects nobody owns: the catalog's models are the same for every user.
-NOT_OWNED = {"models"}
+# Detail paths of objects nobody owns: the catalog's models are the same for every user; an
+# invitation's path takes its link's secret token, which whoever holds it may open (tested in
+# tests/accounts/test_org_api.py).
+NOT_OWNED = {"models", "invitations"}
 
 
 def row_of(obj) -> dict:
