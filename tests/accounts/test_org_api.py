@@ -13,14 +13,14 @@ from django.utils import timezone
 from accounts.models import ApiToken, Invitation, Membership, Organization
 from accounts.scope import Scope
 from accounts.services import (
-    allowance_period_start,
     api_token_create,
     invitation_create,
     invitation_token,
     organization_create,
 )
 from billing.services import credit_grant, wallet_get_or_create
-from tests.factories import MembershipFactory, PersonalAccessTokenFactory, UserFactory
+from tests.factories import PersonalAccessTokenFactory, UserFactory
+from tests.organizations import join
 
 pytestmark = pytest.mark.django_db
 
@@ -36,16 +36,6 @@ def signed_in(user) -> Client:
     client = Client()
     client.force_login(user)
     return client
-
-
-def join(org: Organization, user, role: str, **fields) -> Membership:
-    return MembershipFactory(
-        organization=org,
-        user=user,
-        role=role,
-        allowance_period_start=allowance_period_start(time_zone=org.time_zone),
-        **fields,
-    )
 
 
 def owner_scope(org: Organization) -> Scope:

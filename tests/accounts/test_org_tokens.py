@@ -12,9 +12,8 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent, Membership, Organization, User
-from accounts.scope import SESSION_KEY, Scope
+from accounts.scope import Scope
 from accounts.services import (
-    allowance_period_start,
     api_token_create,
     api_token_set_group,
     api_tokens_revoke,
@@ -27,26 +26,14 @@ from tests.factories import (
     PersonalAccessTokenFactory,
     TokenGroupFactory,
     UsageRollupFactory,
-    UserFactory,
 )
+from tests.organizations import console, new_member
 from tokenbyte.errors import ApplicationError
 
 pytestmark = pytest.mark.django_db
 
 
 # --- the organization and its people -------------------------------------------------------------
-
-
-def join(org: Organization, email: str, role: str, **fields) -> User:
-    user = UserFactory(email=email)
-    Membership.objects.create(
-        organization=org,
-        user=user,
-        role=role,
-        allowance_period_start=allowance_period_start(time_zone=org.time_zone),
-        **fields,
-    )
-    return user
 
 
 @pytest.fixture
@@ -56,17 +43,17 @@ def org(owner) -> Organization:
 
 @pytest.fixture
 def admin(org) -> User:
-    return join(org, "admin@example.com", Membership.Role.ADMIN)
+    return new_member(org, "admin@example.com", Membership.Role.ADMIN)
 
 
 @pytest.fixture
 def member(org) -> User:
-    return join(org, "member@example.com", Membership.Role.MEMBER)
+    return new_member(org, "member@example.com", Membership.Role.MEMBER)
 
 
 @pytest.fixture
 def other_member(org) -> User:
-    return join(org, "other@example.com", Membership.Role.MEMBER)
+    return new_member(org, "other@example.com", Membership.Role.MEMBER)
 
 
 @pytest.fixture
@@ -78,19 +65,6 @@ def people(owner, admin, member, other_member, outsider) -> dict[str, User]:
         "other_member": other_member,
         "outsider": outsider,
     }
-
-
-def console(user: User, org: Organization | None = None) -> Client:
-    """A client signed in as the user, with the organization chosen in the switcher (None:
-    personal). An outsider's choice of an organization falls back to personal, as the
-    switcher's session value of a removed member does."""
-    client = Client()
-    client.force_login(user)
-    if org is not None:
-        session = client.session
-        session[SESSION_KEY] = org.pk
-        session.save()
-    return client
 
 
 def org_key(org: Organization, owner: User, name: str, **fields) -> ApiToken:

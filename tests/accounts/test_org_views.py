@@ -27,6 +27,7 @@ from accounts.services import (
 from billing.models import Wallet
 from billing.services import credit_grant, wallet_get_or_create
 from tests.factories import ApiTokenFactory, MembershipFactory, UserFactory
+from tests.organizations import console, new_member
 
 pytestmark = pytest.mark.django_db
 ROLES = ("owner", "admin", "member", "outsider")
@@ -48,36 +49,18 @@ def org(owner):
     return organization_create(user=owner, name="Acme Research", time_zone="Europe/Paris")
 
 
-def join(org, email: str, role: str = "member", **fields) -> User:
-    user = UserFactory(email=email)
-    MembershipFactory(organization=org, user=user, role=role, **fields)
-    return user
-
-
 @pytest.fixture
 def admin(org):
-    return join(org, "admin@example.com", "admin")
+    return new_member(org, "admin@example.com", "admin")
 
 
 @pytest.fixture
 def member(org):
-    return join(org, "member@example.com")
+    return new_member(org, "member@example.com")
 
 
 def scope_of(user, org) -> Scope:
     return Scope(user=user, membership=membership_for(user=user, organization_id=org.pk))
-
-
-def signed_in(user, org=None) -> Client:
-    """A client signed in as the user, working in the organization when one is given."""
-    client = Client()
-    client.force_login(user)
-    if org is not None:
-        # What the switcher stores (its own tests below), without its message.
-        session = client.session
-        session[SESSION_KEY] = org.pk
-        session.save()
-    return client
 
 
 def messages_of(response) -> list[str]:
@@ -175,8 +158,8 @@ MATRIX = [
 def test_the_permission_matrix(
     what, method, path, data, role, expected, org, owner, admin, member, outsider
 ):
-    target = join(org, "target@example.com")
-    other_admin = join(org, "admin2@example.com", "admin")
+    target = new_member(org, "target@example.com")
+    other_admin = new_member(org, "admin2@example.com", "admin")
     invitation = invitation_create(scope=scope_of(owner, org), role="member")
     ids = {
         "org": org.pk,
@@ -186,7 +169,7 @@ def test_the_permission_matrix(
         "token": invitation_token(invitation),
     }
     user = {"owner": owner, "admin": admin, "member": member, "outsider": outsider}[role]
-    client = signed_in(user, org if role != "outsider" else None)
+    client = console(user, org if role != "outsider" else None)
     if role == "outsider":
         # Even a session naming the organization (stale or forged) gives an outsider nothing.
         session = client.session
@@ -201,10 +184,10 @@ def test_the_permission_matrix(
 
 def test_a_managers_action_on_another_organizations_member_is_a_404(org, owner, member):
     other = organization_create(user=owner, name="Other")
-    stranger = join(other, "stranger@example.com")
+    stranger = new_member(other, "stranger@example.com")
     theirs = Membership.objects.get(user=stranger)
     invitation = invitation_create(scope=scope_of(owner, other))
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     responses = [
         client.get(f"/organization/members/{theirs.pk}/"),
@@ -220,7 +203,7 @@ def test_a_managers_action_on_another_organizations_member_is_a_404(org, owner, 
 
 
 def test_an_owner_in_personal_scope_has_no_organization_pages(org, owner, member):
-    client = signed_in(owner)
+    client = console(owner)
     target = Membership.objects.get(user=member)
 
     responses = [
@@ -235,7 +218,7 @@ def test_an_owner_in_personal_scope_has_no_organization_pages(org, owner, member
 
 
 def test_a_member_is_shown_why_an_action_is_refused(org, member, admin):
-    client = signed_in(member, org)
+    client = console(member, org)
 
     response = client.post("/organization/settings/", {"name": "Mine now", "time_zone": "UTC"})
 
@@ -250,7 +233,7 @@ def test_a_member_is_shown_why_an_action_is_refused(org, member, admin):
 def test_the_switcher_lists_personal_and_each_organization_with_the_role(org, owner):
     other = organization_create(user=UserFactory(email="boss@example.com"), name="Beta Labs")
     MembershipFactory(organization=other, user=owner, role="member")
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     content = client.get("/organization/").content.decode()
 
@@ -282,7 +265,7 @@ def test_the_navigation_has_organization_before_profile(owner_client):
 def test_the_headers_balance_is_the_scopes_wallet(org, owner):
     credit_grant(wallet=wallet_get_or_create(user=owner), amount_micros=1_000_000, reason="t")
     credit_grant(wallet=Wallet.objects.get(organization=org), amount_micros=12_500_000, reason="t")
-    client = signed_in(owner)
+    client = console(owner)
 
     personal = client.get("/organization/").content.decode()
     client.post("/organization/switch/", {"organization": org.pk})
@@ -323,7 +306,7 @@ def test_the_switcher_and_the_balance_cost_one_query(org, owner, django_assert_n
     ],
 )
 def test_switching_keeps_a_local_next_only(org, owner, next_url, expected):
-    client = signed_in(owner)
+    client = console(owner)
 
     response = client.post("/organization/switch/", {"organization": org.pk, "next": next_url})
 
@@ -334,7 +317,7 @@ def test_switching_keeps_a_local_next_only(org, owner, next_url, expected):
 
 def test_switching_back_to_personal_and_to_a_non_member_organization(org, owner, outsider):
     theirs = organization_create(user=outsider, name="Not yours")
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     personal = client.post("/organization/switch/", {"organization": ""})
     assert SESSION_KEY not in client.session
@@ -349,11 +332,11 @@ def test_switching_back_to_personal_and_to_a_non_member_organization(org, owner,
 
 
 def test_the_personal_page_lists_the_users_organizations_and_invitations(org, owner, outsider):
-    join(org, "member@example.com")
+    new_member(org, "member@example.com")
     credit_grant(wallet=Wallet.objects.get(organization=org), amount_micros=3_000_000, reason="t")
     other = organization_create(user=outsider, name="Beta Labs")
     invitation = invitation_create(scope=scope_of(outsider, other), email="OWNER@example.com")
-    client = signed_in(owner)
+    client = console(owner)
 
     response = client.get("/organization/")
 
@@ -379,14 +362,14 @@ def test_an_invitation_for_an_organization_the_user_is_in_is_not_offered(org, ow
         expires_at=timezone.now() + timedelta(days=1),
     )  # fmt: skip
 
-    response = signed_in(admin).get("/organization/")
+    response = console(admin).get("/organization/")
 
     assert response.context["invitations"] == []
     assert f'id="received-{invitation.pk}"' not in response.content.decode()
 
 
 def test_creating_an_organization_makes_the_user_its_owner_and_works_in_it(owner):
-    client = signed_in(owner)
+    client = console(owner)
 
     response = client.post(
         "/organization/create/", {"name": "Gamma Works", "time_zone": "America/New_York"}
@@ -406,7 +389,7 @@ def test_creating_an_organization_makes_the_user_its_owner_and_works_in_it(owner
 def test_the_create_form_defaults_to_the_users_time_zone_and_shows_errors(owner):
     owner.time_zone = "Asia/Tokyo"
     owner.save(update_fields=["time_zone"])
-    client = signed_in(owner)
+    client = console(owner)
 
     form = client.get("/organization/").context["create_form"]
     response = client.post("/organization/create/", {"name": " ", "time_zone": "Mars/Olympus"})
@@ -421,14 +404,14 @@ def test_the_create_form_defaults_to_the_users_time_zone_and_shows_errors(owner)
 
 
 def test_the_owner_sees_members_with_allowances_and_every_control(org, owner, admin):
-    join(
+    new_member(
         org,
         "capped@example.com",
         monthly_allowance_micros=20_000_000,
         allowance_used_micros=4_250_000,
     )
-    join(org, "stopped@example.com", can_create_keys=False)
-    client = signed_in(owner, org)
+    new_member(org, "stopped@example.com", can_create_keys=False)
+    client = console(owner, org)
 
     response = client.get("/organization/")
 
@@ -458,8 +441,8 @@ def test_the_owner_sees_members_with_allowances_and_every_control(org, owner, ad
 
 
 def test_a_member_sees_the_table_but_only_leave(org, owner, member):
-    join(org, "other@example.com")
-    client = signed_in(member, org)
+    new_member(org, "other@example.com")
+    client = console(member, org)
 
     response = client.get("/organization/")
 
@@ -476,8 +459,8 @@ def test_a_member_sees_the_table_but_only_leave(org, owner, member):
 
 
 def test_an_admin_may_remove_members_but_not_owners_or_admins(org, owner, admin, member):
-    join(org, "admin2@example.com", "admin")
-    content = signed_in(admin, org).get("/organization/").content.decode()
+    new_member(org, "admin2@example.com", "admin")
+    content = console(admin, org).get("/organization/").content.decode()
 
     def actions(user_email):
         membership = Membership.objects.get(user__email=user_email)
@@ -491,7 +474,7 @@ def test_an_admin_may_remove_members_but_not_owners_or_admins(org, owner, admin,
 
 
 def test_an_owner_saves_the_settings(org, owner):
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     response = client.post(
         "/organization/settings/", {"name": "Acme Labs", "time_zone": "Asia/Tokyo"}
@@ -504,7 +487,7 @@ def test_an_owner_saves_the_settings(org, owner):
 
 
 def test_invalid_settings_are_shown_in_the_form(org, owner):
-    response = signed_in(owner, org).post(
+    response = console(owner, org).post(
         "/organization/settings/", {"name": "", "time_zone": "Nowhere", "member_keys_enabled": "on"}
     )
 
@@ -518,7 +501,7 @@ def test_invalid_settings_are_shown_in_the_form(org, owner):
 
 def test_an_owner_sets_an_allowance_in_usd_and_clears_it(org, owner, member):
     target = Membership.objects.get(user=member)
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     response = client.post(
         f"/organization/members/{target.pk}/allowance/", {"allowance_usd": "12.5"}
@@ -541,7 +524,7 @@ def test_an_owner_sets_an_allowance_in_usd_and_clears_it(org, owner, member):
 def test_a_wrong_allowance_is_a_form_error(org, owner, member, value):
     target = Membership.objects.get(user=member)
 
-    response = signed_in(owner, org).post(
+    response = console(owner, org).post(
         f"/organization/members/{target.pk}/allowance/", {"allowance_usd": value}
     )
 
@@ -553,7 +536,7 @@ def test_a_wrong_allowance_is_a_form_error(org, owner, member, value):
 
 def test_an_admin_stops_and_allows_a_members_keys(org, admin, member):
     target = Membership.objects.get(user=member)
-    client = signed_in(admin, org)
+    client = console(admin, org)
 
     stopped = client.post(f"/organization/members/{target.pk}/keys/", {"can_create_keys": "no"})
     target.refresh_from_db()
@@ -570,7 +553,7 @@ def test_an_admin_stops_and_allows_a_members_keys(org, admin, member):
 def test_an_owner_changes_a_role_and_the_last_owner_cannot_step_down(org, owner, member):
     target = Membership.objects.get(user=member)
     own = Membership.objects.get(user=owner)
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     promoted = client.post(f"/organization/members/{target.pk}/role/", {"role": "admin"})
     refused = client.post(f"/organization/members/{own.pk}/role/", {"role": "member"})
@@ -586,9 +569,9 @@ def test_an_owner_changes_a_role_and_the_last_owner_cannot_step_down(org, owner,
 
 
 def test_an_owner_who_steps_down_goes_back_to_the_organization_page(org, owner):
-    join(org, "second@example.com", "owner")
+    new_member(org, "second@example.com", "owner")
     own = Membership.objects.get(user=owner)
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     response = client.post(f"/organization/members/{own.pk}/role/", {"role": "member"})
 
@@ -599,8 +582,8 @@ def test_an_owner_who_steps_down_goes_back_to_the_organization_page(org, owner):
 def test_the_member_page_shows_only_the_controls_of_the_role(org, owner, admin, member):
     target = Membership.objects.get(user=member)
 
-    as_owner = signed_in(owner, org).get(f"/organization/members/{target.pk}/").content.decode()
-    as_admin = signed_in(admin, org).get(f"/organization/members/{target.pk}/").content.decode()
+    as_owner = console(owner, org).get(f"/organization/members/{target.pk}/").content.decode()
+    as_admin = console(admin, org).get(f"/organization/members/{target.pk}/").content.decode()
 
     for content in (as_owner, as_admin):
         assert f'action="/organization/members/{target.pk}/allowance/"' in content
@@ -614,7 +597,7 @@ def test_removing_a_member_confirms_then_revokes_their_organization_keys(org, ow
     target = Membership.objects.get(user=member)
     org_key = ApiTokenFactory(owner=member, organization=org)
     personal_key = ApiTokenFactory(owner=member)
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     confirm = client.get(f"/organization/members/{target.pk}/remove/")
     assert "Remove member@example.com from Acme Research?" in confirm.content.decode()
@@ -633,7 +616,7 @@ def test_removing_a_member_confirms_then_revokes_their_organization_keys(org, ow
 
 def test_a_member_leaves_and_works_in_the_personal_account_again(org, member):
     own = Membership.objects.get(user=member)
-    client = signed_in(member, org)
+    client = console(member, org)
 
     assert (
         "Leave Acme Research?"
@@ -649,7 +632,7 @@ def test_a_member_leaves_and_works_in_the_personal_account_again(org, member):
 
 def test_the_last_owner_cannot_leave(org, owner):
     own = Membership.objects.get(user=owner)
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     response = client.post(f"/organization/members/{own.pk}/remove/")
 
@@ -661,8 +644,8 @@ def test_the_last_owner_cannot_leave(org, owner):
 
 
 def test_a_removed_members_next_page_falls_back_to_personal(org, owner, member):
-    client = signed_in(member, org)
-    signed_in(owner, org).post(
+    client = console(member, org)
+    console(owner, org).post(
         f"/organization/members/{Membership.objects.get(user=member).pk}/remove/"
     )
 
@@ -680,7 +663,7 @@ def test_an_invitation_by_email_is_sent_and_listed(
     org, owner, settings, django_capture_on_commit_callbacks
 ):
     settings.SITE_URL = "https://console.example.com"
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
@@ -710,7 +693,7 @@ def test_an_invitation_by_email_is_sent_and_listed(
 
 
 def test_an_email_invitation_needs_an_address(org, owner):
-    response = signed_in(owner, org).post(
+    response = console(owner, org).post(
         "/organization/invitations/", {"kind": "email", "email-email": "", "email-role": "member"}
     )
 
@@ -720,7 +703,7 @@ def test_an_email_invitation_needs_an_address(org, owner):
 
 
 def test_inviting_a_member_again_is_a_form_error(org, owner, member):
-    response = signed_in(owner, org).post(
+    response = console(owner, org).post(
         "/organization/invitations/",
         {"kind": "email", "email-email": "member@example.com", "email-role": "member"},
     )
@@ -733,7 +716,7 @@ def test_inviting_a_member_again_is_a_form_error(org, owner, member):
 
 def test_a_link_is_shown_to_copy_and_can_be_shown_again(org, owner, settings):
     settings.SITE_URL = "https://console.example.com"
-    client = signed_in(owner, org)
+    client = console(owner, org)
 
     response = client.post("/organization/invitations/", {"kind": "link", "link-role": "member"})
 
@@ -770,7 +753,7 @@ def test_the_list_shows_each_state_with_times_in_the_users_zone(org, owner):
         expires_at=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     )
 
-    response = signed_in(owner, org).get("/organization/")
+    response = console(owner, org).get("/organization/")
 
     states = {inv.pk: inv.state for inv in response.context["invitations"]}
     assert states == {
@@ -787,7 +770,7 @@ def test_the_list_shows_each_state_with_times_in_the_users_zone(org, owner):
 
 def test_revoking_an_invitation_stops_its_link(org, admin):
     invitation = invitation_create(scope=scope_of(admin, org))
-    client = signed_in(admin, org)
+    client = console(admin, org)
 
     response = client.post(f"/organization/invitations/{invitation.pk}/revoke/")
     again = client.post(f"/organization/invitations/{invitation.pk}/revoke/")
@@ -857,7 +840,7 @@ def test_an_unknown_invitation_is_a_404_page(owner):
     response = Client().get(
         "/organization/invitations/inv_0123456789abcdef0123456789abcdef01234567/"
     )
-    junk = signed_in(owner).get("/organization/invitations/not-a-token/")
+    junk = console(owner).get("/organization/invitations/not-a-token/")
 
     assert (response.status_code, junk.status_code) == (404, 404)
     assert "This invitation link is not valid" in response.content.decode()
@@ -869,7 +852,7 @@ def test_a_signed_in_invitee_accepts_and_works_in_the_organization(org, owner):
         scope=scope_of(owner, org), email="new@example.com", role="admin"
     )
     token = invitation_token(invitation)
-    client = signed_in(invitee)
+    client = console(invitee)
 
     page = client.get(f"/organization/invitations/{token}/").content.decode()
     assert "Accept and join" in page and "Decline" in page
@@ -886,7 +869,7 @@ def test_a_signed_in_invitee_accepts_and_works_in_the_organization(org, owner):
 def test_declining_leaves_the_organization_as_it_was(org, owner):
     invitee = UserFactory(email="new@example.com")
     invitation = invitation_create(scope=scope_of(owner, org), email="new@example.com")
-    client = signed_in(invitee)
+    client = console(invitee)
 
     response = client.post(f"/organization/invitations/{invitation_token(invitation)}/decline/")
 
@@ -899,7 +882,7 @@ def test_declining_leaves_the_organization_as_it_was(org, owner):
 def test_the_wrong_account_is_told_which_address_the_invitation_is_for(org, owner, outsider):
     invitation = invitation_create(scope=scope_of(owner, org), email="new@example.com")
     token = invitation_token(invitation)
-    client = signed_in(outsider)
+    client = console(outsider)
 
     page = client.get(f"/organization/invitations/{token}/")
     refused = client.post(f"/organization/invitations/{token}/accept/")
@@ -918,7 +901,7 @@ def test_the_wrong_account_is_told_which_address_the_invitation_is_for(org, owne
 
 def test_a_member_opening_a_link_is_offered_the_organization(org, owner, member):
     token = invitation_token(invitation_create(scope=scope_of(owner, org)))
-    client = signed_in(member)
+    client = console(member)
 
     page = client.get(f"/organization/invitations/{token}/").content.decode()
     response = client.post(f"/organization/invitations/{token}/accept/")

@@ -16,7 +16,7 @@ from billing.models import LedgerEntry, TopUp, Wallet
 from billing.receipts import topup_receipt
 from billing.selectors import wallet_ledger_sum_micros
 from billing.services import ledger_post, wallet_get_or_create
-from tests.accounts.test_org_tokens import api, console, join
+from tests.accounts.test_org_tokens import api
 from tests.billing.test_wallet_page import (  # noqa: F401
     deliver_events,
     eager_tasks,
@@ -24,6 +24,7 @@ from tests.billing.test_wallet_page import (  # noqa: F401
     fake_stripe,
 )
 from tests.factories import PaidTopUpFactory, TopUpFactory
+from tests.organizations import console, new_member
 
 pytestmark = pytest.mark.django_db
 
@@ -37,12 +38,12 @@ def org(owner) -> Organization:
 
 @pytest.fixture
 def admin(org) -> User:
-    return join(org, "admin@example.com", Membership.Role.ADMIN)
+    return new_member(org, "admin@example.com", Membership.Role.ADMIN)
 
 
 @pytest.fixture
 def member(org) -> User:
-    return join(org, "member@example.com", Membership.Role.MEMBER)
+    return new_member(org, "member@example.com", Membership.Role.MEMBER)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from tests.factories import (
     UserFactory,
     WalletFactory,
 )
+from tests.organizations import console
 from usage.consumers import DashboardConsumer
 from usage.selectors import LOG_CSV_COLUMNS
 from usage.services import usage_rollup_add
@@ -133,18 +134,6 @@ def calls(frozen, people, acme) -> dict:
         )
         usage_rollup_add(log=log, cost_micros=cost)
     return keys
-
-
-def console(user, org=None) -> Client:
-    """A client signed in as the user, in the organization's scope (as the switcher leaves
-    the session) or the personal one."""
-    client = Client()
-    client.force_login(user)
-    if org is not None:
-        session = client.session
-        session[SESSION_KEY] = org.pk
-        session.save()
-    return client
 
 
 def in_scope(people, acme, persona: str, scope: str) -> Client:
