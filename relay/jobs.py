@@ -162,7 +162,7 @@ def _resolve(model_id: object, key: keys.KeyInfo, snapshot: routing.Snapshot):
 
 async def retrieve(request: Request, public_id: str) -> None:
     key = await endpoints.authenticate(request)
-    task = await db.run(_owned_task, key.owner_id, public_id)
+    task = await db.run(_owned_task, key.owner_id, key.organization_id, public_id)
     if task is None:
         raise RelayError(404, f"No task found with id '{public_id}'.", code="task_not_found")
     await request.respond_json(200, task_object(task))
@@ -175,7 +175,9 @@ async def listing(request: Request) -> None:
         limit = min(max(int(query.get("limit", LIST_LIMIT_DEFAULT)), 1), LIST_LIMIT_MAX)
     except ValueError:
         raise _bad("'limit' must be an integer.", "limit") from None
-    tasks = await db.run(_owned_tasks, key.owner_id, query.get("after", ""), limit + 1)
+    tasks = await db.run(
+        _owned_tasks, key.owner_id, key.organization_id, query.get("after", ""), limit + 1
+    )
     await request.respond_json(
         200,
         {
@@ -186,13 +188,16 @@ async def listing(request: Request) -> None:
     )
 
 
-def _owned_task(owner_id: int, public_id: str) -> AsyncTask | None:
-    return async_tasks_for_key_owner(owner_id=owner_id).filter(public_id=public_id).first()
+def _owned_task(owner_id: int, organization_id: int | None, public_id: str) -> AsyncTask | None:
+    tasks = async_tasks_for_key_owner(owner_id=owner_id, organization_id=organization_id)
+    return tasks.filter(public_id=public_id).first()
 
 
-def _owned_tasks(owner_id: int, after: str, limit: int) -> list[AsyncTask]:
+def _owned_tasks(
+    owner_id: int, organization_id: int | None, after: str, limit: int
+) -> list[AsyncTask]:
     """The key owner's jobs, newest first, after the job named `after` (a keyset page)."""
-    tasks = async_tasks_for_key_owner(owner_id=owner_id)
+    tasks = async_tasks_for_key_owner(owner_id=owner_id, organization_id=organization_id)
     if after:
         anchor = tasks.filter(public_id=after).values_list("created_at", "id").first()
         if anchor is None:

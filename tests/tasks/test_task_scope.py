@@ -12,6 +12,7 @@ from accounts.services import (
     invitation_create,
     organization_create,
 )
+from tasks.selectors import async_tasks_for_key_owner
 from tests.factories import AsyncTaskFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -93,3 +94,16 @@ def test_an_outsider_naming_the_organization_gets_a_404(client, org_jobs):
     assert client.get(f"/api/tasks/?organization={org.pk}").status_code == 404
     # Personal, without the parameter: nothing of the organization's.
     assert client.get("/api/tasks/").json()["results"] == []
+
+
+def test_v1_tasks_of_a_key_list_the_owners_jobs_in_the_keys_scope(org_jobs):
+    """/v1/tasks answers a personal key with the owner's personal jobs and an organization's
+    key with the owner's jobs there (relay/jobs.py reads this selector)."""
+    org, users, jobs = org_jobs
+    member = users["member"]
+
+    org_ids = async_tasks_for_key_owner(owner_id=member.pk, organization_id=org.pk)
+    own_ids = async_tasks_for_key_owner(owner_id=member.pk)
+
+    assert [t.public_id for t in org_ids] == [jobs["member_org"].public_id]
+    assert [t.public_id for t in own_ids] == [jobs["member_personal"].public_id]
