@@ -198,7 +198,7 @@ def hold_key(**kwargs):
         "key_id": 1, "wallet_id": 1, "group_id": None, "group_name": "",
         "max_cost_per_request_micros": None, "quota_tokens": None, "group_quota_tokens": None,
         "credit_limited": False, "quota_limited": False, "group_credit_limited": False,
-        "group_quota_limited": False,
+        "group_quota_limited": False, "membership_id": None, "allowance_micros": None,
     }  # fmt: skip
     return SimpleNamespace(**{**fields, **kwargs})
 
