@@ -113,8 +113,17 @@ class Hold(models.Model):
     # What the call was, for the log row the sweep writes when the process serving it died.
     model_id = models.CharField("model", max_length=100, blank=True)
     call_type = models.CharField(max_length=24, blank=True)
+    # The member whose allowance the hold counts. No database constraint and nothing done on
+    # delete: removing a member must not touch (lock) the holds of their calls in flight, whose
+    # settlements lock hold then membership; a settlement of a removed member's call updates no
+    # membership row.
     membership = models.ForeignKey(
-        "accounts.Membership", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "accounts.Membership",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     amount_micros = models.BigIntegerField()
     # Part of amount_micros also reserved against the key's credit limit (0 = key has no limit).
