@@ -155,12 +155,14 @@ def _load(digest: str) -> KeyInfo | None:
     in_org = token.organization_id is not None
     member = {}
     if in_org:
-        m = Membership.objects.filter(
+        membership_id, allowance, role, can_create_keys = Membership.objects.filter(
             organization_id=token.organization_id, user_id=token.owner_id
-        ).first()
+        ).values_list("pk", "monthly_allowance_micros", "role", "can_create_keys").first() or (
+            None, None, None, None
+        )  # fmt: skip
         member = _member_fields(
-            m and m.pk, m and m.monthly_allowance_micros, m and m.role,
-            token.organization.member_keys_enabled, m and m.can_create_keys,
+            membership_id, allowance, role, token.organization.member_keys_enabled,
+            can_create_keys,
         )  # fmt: skip
     return KeyInfo(
         key_id=token.pk,
