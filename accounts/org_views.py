@@ -64,18 +64,23 @@ def _denied(request: HttpRequest, message: str) -> HttpResponse:
     return render(request, "accounts/organization_denied.html", {"message": message}, status=403)
 
 
+def _refused(exc: ApplicationError) -> bool:
+    """A refusal of who is asking (403) or of what they asked for (404), not of the input."""
+    return exc.status in (403, 404)
+
+
 def _application_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """A service's "permission_denied" is a 403 page and its "not_found" a 404; any other
-    ApplicationError reaching here is the view's to show as a form error."""
+    """A service's refusal is a 403 page or a 404 (tokenbyte.errors.STATUS_OF_CODE); any
+    other ApplicationError reaching here is the view's to show as a form error."""
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         try:
             return view(request, *args, **kwargs)
         except ApplicationError as exc:
-            if exc.code == "permission_denied":
+            if exc.status == 403:
                 return _denied(request, exc.message)
-            if exc.code == "not_found":
+            if exc.status == 404:
                 raise Http404(exc.message) from None
             raise
 
@@ -83,7 +88,7 @@ def _application_errors(view: Callable[..., HttpResponse]) -> Callable[..., Http
 
 
 def _form_error(form, exc: ApplicationError) -> None:
-    if exc.code in ("permission_denied", "not_found"):
+    if _refused(exc):
         raise exc
     form.add_service_error(exc)
 
@@ -431,7 +436,7 @@ def member_remove_view(request: HttpRequest, member_id: int) -> HttpResponse:
     try:
         revoked = member_remove(scope=scope, membership=member)
     except ApplicationError as exc:
-        if exc.code in ("permission_denied", "not_found"):
+        if _refused(exc):
             raise
         messages.error(request, exc.message)
         return redirect("organization")
