@@ -96,3 +96,18 @@ def owner_client(client, owner):
     """The Django test client, signed in as the owner."""
     client.force_login(owner)
     return client
+
+
+# The other people of an organization's tests: each such test module defines its `org`.
+@pytest.fixture
+def admin(org):
+    from tests.organizations import new_member
+
+    return new_member(org, "admin@example.com", "admin")
+
+
+@pytest.fixture
+def member(org):
+    from tests.organizations import new_member
+
+    return new_member(org, "member@example.com", "member")

@@ -42,20 +42,6 @@ def org(owner):
     return organization_create(user=owner, name="Acme Research", time_zone="Europe/Paris")
 
 
-@pytest.fixture
-def admin(org):
-    user = UserFactory(email="admin@example.com")
-    MembershipFactory(organization=org, user=user, role=Membership.Role.ADMIN)
-    return user
-
-
-@pytest.fixture
-def member(org):
-    user = UserFactory(email="member@example.com")
-    MembershipFactory(organization=org, user=user, role=Membership.Role.MEMBER)
-    return user
-
-
 def link(org, user, role="member") -> Invitation:
     return invitation_create(scope=scope_of(user, org), role=role)
 

@@ -42,16 +42,6 @@ def org(owner) -> Organization:
 
 
 @pytest.fixture
-def admin(org) -> User:
-    return new_member(org, "admin@example.com", Membership.Role.ADMIN)
-
-
-@pytest.fixture
-def member(org) -> User:
-    return new_member(org, "member@example.com", Membership.Role.MEMBER)
-
-
-@pytest.fixture
 def other_member(org) -> User:
     return new_member(org, "other@example.com", Membership.Role.MEMBER)
 

@@ -49,16 +49,6 @@ def org(owner):
     return organization_create(user=owner, name="Acme Research", time_zone="Europe/Paris")
 
 
-@pytest.fixture
-def admin(org):
-    return new_member(org, "admin@example.com", "admin")
-
-
-@pytest.fixture
-def member(org):
-    return new_member(org, "member@example.com")
-
-
 def scope_of(user, org) -> Scope:
     return Scope(user=user, membership=membership_for(user=user, organization_id=org.pk))
 

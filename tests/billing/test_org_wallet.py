@@ -24,7 +24,7 @@ from tests.billing.test_wallet_page import (  # noqa: F401
     fake_stripe,
 )
 from tests.factories import PaidTopUpFactory, TopUpFactory
-from tests.organizations import console, new_member
+from tests.organizations import console
 
 pytestmark = pytest.mark.django_db
 
@@ -34,16 +34,6 @@ ROLES = ("owner", "admin", "member", "outsider")
 @pytest.fixture
 def org(owner) -> Organization:
     return organization_create(user=owner, name="Acme", time_zone="UTC")
-
-
-@pytest.fixture
-def admin(org) -> User:
-    return new_member(org, "admin@example.com", Membership.Role.ADMIN)
-
-
-@pytest.fixture
-def member(org) -> User:
-    return new_member(org, "member@example.com", Membership.Role.MEMBER)
 
 
 @pytest.fixture
